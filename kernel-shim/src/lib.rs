@@ -1,0 +1,2 @@
+//! The incoming side of the handover.
+#![no_std]

@@ -1,0 +1,2 @@
+//! The kexec loader library.
+#![no_std]

@@ -1,0 +1,2 @@
+//! QEMU x86_64 platform code.
+#![no_std]
