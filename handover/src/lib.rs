@@ -1,6 +1,31 @@
 //! The kexec handover core.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
+
+pub mod addr;
+pub mod crc32c;
+pub mod error;
+pub mod fdt;
+pub mod image;
+pub mod memmap;
+#[cfg(feature = "alloc")]
+pub mod tracker;
+pub mod uapi;
+
+pub use addr::{PAGE_SIZE, PageFrame, PhysAddr, PhysRange};
+pub use error::{FormatError, FormatErrorKind};
+pub use image::Handover;
