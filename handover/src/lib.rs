@@ -20,8 +20,15 @@ pub mod addr;
 pub mod crc32c;
 pub mod error;
 pub mod fdt;
+pub mod handler;
 pub mod image;
+pub mod incoming;
+pub mod kernel;
+pub mod luo;
+pub mod memfd;
 pub mod memmap;
+#[cfg(feature = "alloc")]
+pub mod sim;
 #[cfg(feature = "alloc")]
 pub mod tracker;
 pub mod uapi;

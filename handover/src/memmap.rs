@@ -656,6 +656,7 @@ fn bitmap_cost(gap: u64, bits: u64) -> u64 {
 }
 
 /// Bytes of a `RUN` item.
+#[cfg(feature = "alloc")]
 #[inline]
 fn run_cost(gap: u64, count: u64) -> u64 {
     varint_len(gap << KIND_SHIFT).saturating_add(varint_len(count.wrapping_sub(1)))

@@ -1,0 +1,317 @@
+//! A simulated machine for host tests, benchmarks and fuzzing: RAM as byte arrays with its own
+//! memory map, a page allocator, and a kernel file table. Everything a handover carries can be
+//! written into this RAM by one "kernel" and read back by the next, byte for byte.
+//!
+//! An access outside simulated RAM is a bug in the code under test, so it panics here: failing
+//! loudly is this module's job.
+#![allow(
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::expect_used
+)]
+
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::addr::{PAGE_SIZE, PhysAddr, PhysRange};
+use crate::kernel::{FrameAllocator, PhysMemory, SessionId};
+use crate::luo::Kernel;
+use crate::memfd::{Memfd, MemfdFile, MemfdObject};
+use crate::memmap::FrameRun;
+use crate::uapi::Errno;
+
+/// Simulated physical RAM: one byte array per RAM range.
+#[derive(Clone, Debug)]
+pub struct SimRam {
+    regions: Vec<(PhysRange, Vec<u8>)>,
+}
+
+impl SimRam {
+    /// RAM with these ranges, zero-filled. Keep them small: every byte is allocated.
+    pub fn new(ranges: &[PhysRange]) -> SimRam {
+        SimRam {
+            regions: ranges
+                .iter()
+                .map(|&r| (r, vec![0u8; r.len_bytes() as usize]))
+                .collect(),
+        }
+    }
+
+    /// The RAM ranges.
+    pub fn ranges(&self) -> Vec<PhysRange> {
+        self.regions.iter().map(|(r, _)| *r).collect()
+    }
+
+    fn locate(&self, addr: PhysAddr, len: usize) -> (usize, usize) {
+        let range = PhysRange::new(addr, len as u64).expect("access wraps");
+        for (index, (region, _)) in self.regions.iter().enumerate() {
+            if region.contains_range(range) {
+                return (index, (addr.as_u64() - region.start().as_u64()) as usize);
+            }
+        }
+        panic!("access {range} outside simulated RAM");
+    }
+
+    /// The bytes of a range (which must lie in one RAM range).
+    pub fn slice(&self, range: PhysRange) -> &[u8] {
+        let (index, offset) = self.locate(range.start(), range.len_bytes() as usize);
+        &self.regions[index].1[offset..offset + range.len_bytes() as usize]
+    }
+
+    /// The bytes of a range, mutable.
+    pub fn slice_mut(&mut self, range: PhysRange) -> &mut [u8] {
+        let (index, offset) = self.locate(range.start(), range.len_bytes() as usize);
+        &mut self.regions[index].1[offset..offset + range.len_bytes() as usize]
+    }
+
+    /// Fills every byte outside `keep` with `pattern`: what a new kernel may find in memory it
+    /// did not reserve. Tests use it to prove nothing outside the reserved ranges is relied on.
+    pub fn scribble_except(&mut self, keep: &[PhysRange], pattern: u8) {
+        let mut keep = keep.to_vec();
+        keep.sort();
+        for (region, bytes) in &mut self.regions {
+            let base = region.start().as_u64();
+            let end = region.end().as_u64();
+            let mut cursor = base;
+            for k in keep.iter().filter(|k| k.overlaps(*region)) {
+                let k_start = k.start().as_u64().max(base);
+                if k_start > cursor {
+                    bytes[(cursor - base) as usize..(k_start - base) as usize].fill(pattern);
+                }
+                cursor = cursor.max(k.end().as_u64().min(end));
+            }
+            if cursor < end {
+                bytes[(cursor - base) as usize..].fill(pattern);
+            }
+        }
+    }
+}
+
+impl PhysMemory for SimRam {
+    fn read(&self, addr: PhysAddr, buf: &mut [u8]) {
+        let (index, offset) = self.locate(addr, buf.len());
+        buf.copy_from_slice(&self.regions[index].1[offset..offset + buf.len()]);
+    }
+
+    fn write(&mut self, addr: PhysAddr, data: &[u8]) {
+        let (index, offset) = self.locate(addr, data.len());
+        self.regions[index].1[offset..offset + data.len()].copy_from_slice(data);
+    }
+}
+
+/// A page allocator over one range, handing out pages in address order (lowest first) so
+/// files are physically contiguous when allocated in one go.
+#[derive(Clone, Debug)]
+pub struct SimFrames {
+    free: alloc::collections::BTreeSet<u64>,
+    total_pages: u64,
+}
+
+impl SimFrames {
+    /// Every page of `range` free.
+    pub fn new(range: PhysRange) -> SimFrames {
+        let first = range.start().frame().as_u64();
+        SimFrames {
+            free: (first..first + range.page_count()).collect(),
+            total_pages: range.page_count(),
+        }
+    }
+
+    /// No free pages; pages enter with [`SimFrames::free_run`] (a receiving kernel's view).
+    pub fn empty() -> SimFrames {
+        SimFrames {
+            free: Default::default(),
+            total_pages: 0,
+        }
+    }
+
+    /// Free pages.
+    pub fn free_count(&self) -> u64 {
+        self.free.len() as u64
+    }
+
+    /// Pages managed.
+    pub fn total_pages(&self) -> u64 {
+        self.total_pages
+    }
+
+    /// Marks a run of pages free (released by a finish, say).
+    pub fn free_run(&mut self, run: FrameRun) {
+        for frame in run.first_frame..run.end_frame() {
+            assert!(self.free.insert(frame), "page {frame:#x} freed twice");
+        }
+    }
+
+    /// Removes every page of `range` from the free pool (intake reserving a range).
+    pub fn reserve(&mut self, range: PhysRange) {
+        for frame in range.start().frame().as_u64()..range.end().frame().as_u64() {
+            self.free.remove(&frame);
+        }
+    }
+
+    /// Whether a page is free.
+    pub fn is_free(&self, addr: PhysAddr) -> bool {
+        self.free.contains(&addr.frame().as_u64())
+    }
+
+    /// `page_count` contiguous free pages, lowest first.
+    pub fn allocate_contiguous(&mut self, page_count: u64) -> Option<PhysAddr> {
+        let mut run_start = None;
+        let mut run_len = 0u64;
+        let mut previous = None;
+        for &frame in &self.free {
+            if previous.is_some_and(|p: u64| p + 1 == frame) {
+                run_len += 1;
+            } else {
+                run_start = Some(frame);
+                run_len = 1;
+            }
+            previous = Some(frame);
+            if run_len == page_count {
+                let start = run_start?;
+                for f in start..start + page_count {
+                    self.free.remove(&f);
+                }
+                return PhysAddr::new(start * PAGE_SIZE).into();
+            }
+        }
+        None
+    }
+}
+
+impl FrameAllocator for SimFrames {
+    fn allocate_page(&mut self) -> Option<PhysAddr> {
+        let frame = self.free.pop_first()?;
+        Some(PhysAddr::new(frame * PAGE_SIZE))
+    }
+
+    fn free_page(&mut self, addr: PhysAddr) {
+        assert!(
+            self.free.insert(addr.frame().as_u64()),
+            "page {addr} freed twice"
+        );
+    }
+}
+
+/// A kernel file object: a memfd, or something no handler accepts (like `/dev/null`).
+#[derive(Clone, Debug)]
+pub enum SimObject {
+    /// A memfd.
+    Memfd(MemfdFile),
+    /// Not preservable; the number tells instances apart.
+    Plain(u64),
+}
+
+impl SimObject {
+    /// The memfd, if this is one.
+    pub fn memfd(&self) -> Option<&MemfdFile> {
+        match self {
+            SimObject::Memfd(file) => Some(file),
+            SimObject::Plain(_) => None,
+        }
+    }
+}
+
+impl MemfdObject for SimObject {
+    fn with_memfd<R>(&self, f: impl FnOnce(&mut Memfd) -> R) -> Option<R> {
+        self.memfd()?.with(f)
+    }
+
+    fn identity(&self) -> u64 {
+        match self {
+            SimObject::Memfd(file) => file.identity(),
+            SimObject::Plain(n) => *n,
+        }
+    }
+
+    fn from_memfd(memfd: Memfd) -> Self {
+        SimObject::Memfd(MemfdFile::new(memfd))
+    }
+}
+
+/// An entry of the simulated fd table.
+#[derive(Clone, Debug)]
+pub enum SimFd {
+    /// A session fd.
+    Session(SessionId),
+    /// A file.
+    Object(SimObject),
+}
+
+/// A simulated kernel file table, recording released pages.
+#[derive(Debug, Default)]
+pub struct SimKernel {
+    /// Open fds.
+    pub fds: BTreeMap<i32, SimFd>,
+    next_fd: i32,
+    /// Largest number of open fds (`EMFILE` past it); 0 means unlimited.
+    pub max_fds: usize,
+    /// Runs handed back by finishes, in order.
+    pub released: Vec<FrameRun>,
+}
+
+impl SimKernel {
+    /// An empty table; fds start at 3.
+    pub fn new() -> SimKernel {
+        SimKernel {
+            fds: BTreeMap::new(),
+            next_fd: 3,
+            max_fds: 0,
+            released: Vec::new(),
+        }
+    }
+
+    /// Opens an fd for an object.
+    pub fn open(&mut self, object: SimObject) -> i32 {
+        let fd = self.next_fd;
+        self.next_fd += 1;
+        self.fds.insert(fd, SimFd::Object(object));
+        fd
+    }
+
+    /// The session behind an fd.
+    pub fn session(&self, fd: i32) -> Option<SessionId> {
+        match self.fds.get(&fd) {
+            Some(SimFd::Session(id)) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The object behind an fd.
+    pub fn object(&self, fd: i32) -> Option<&SimObject> {
+        match self.fds.get(&fd) {
+            Some(SimFd::Object(object)) => Some(object),
+            _ => None,
+        }
+    }
+
+    fn install(&mut self, entry: SimFd) -> Result<i32, Errno> {
+        if self.max_fds != 0 && self.fds.len() >= self.max_fds {
+            return Err(Errno::EMFILE);
+        }
+        let fd = self.next_fd;
+        self.next_fd += 1;
+        self.fds.insert(fd, entry);
+        Ok(fd)
+    }
+}
+
+impl Kernel<SimObject> for SimKernel {
+    fn resolve(&mut self, fd: i32) -> Result<SimObject, Errno> {
+        self.object(fd).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn install_session(&mut self, session: SessionId) -> Result<i32, Errno> {
+        self.install(SimFd::Session(session))
+    }
+
+    fn install_file(&mut self, object: SimObject) -> Result<i32, Errno> {
+        self.install(SimFd::Object(object))
+    }
+
+    fn release(&mut self, run: FrameRun) {
+        self.released.push(run);
+    }
+}
