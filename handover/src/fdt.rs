@@ -56,6 +56,11 @@ fn read_be32(blob: &[u8], offset: usize) -> Option<u32> {
     Some(u32::from_be_bytes(word))
 }
 
+/// The name a node is reported under in errors: `/` for the root.
+fn node_field(name: &'static str) -> &'static str {
+    if name.is_empty() { "/" } else { name }
+}
+
 /// Header field offsets.
 mod header {
     pub const MAGIC: usize = 0;
@@ -406,13 +411,14 @@ impl<'a> FdtReader<'a> {
     /// Consumes the opening of the node the schema requires next.
     pub fn begin_node(&mut self, name: &'static str) -> Result<(), FormatError> {
         let at = self.pos;
+        let field = node_field(name);
         let found = self
             .begin_any_node()
-            .map_err(|e| FormatError { field: name, ..e })?;
+            .map_err(|e| FormatError { field, ..e })?;
         if found != name.as_bytes() {
             return Err(FormatError::new(
                 K::UnexpectedNode,
-                name,
+                field,
                 at,
                 found.len() as u64,
             ));
@@ -506,6 +512,7 @@ impl<'a> FdtReader<'a> {
     /// Consumes the end of the current node, which must come next.
     pub fn end_node(&mut self, node: &'static str) -> Result<(), FormatError> {
         let at = self.pos;
+        let node = node_field(node);
         let token = self
             .peek_token()
             .map_err(|e| FormatError { field: node, ..e })?;

@@ -398,3 +398,101 @@ pub fn memfd_of(k: &SimKernel, fd: i32) -> MemfdFile {
 pub fn u32_at(bytes: &[u8]) -> u32 {
     u32::read_from_bytes(&bytes[..4]).unwrap()
 }
+
+// --- reference image -------------------------------------------------------------------------------
+
+/// A small image exercising every part of the format: two orders of preserved blocks, a
+/// bitmap cluster, sparse and dense memfds, a session without files, arbitrary name bytes.
+pub fn reference_image(memfd: &'static MemfdHandler) -> HandoverImage {
+    let mut w = Outgoing::new(&[memfd]);
+    let (a, _) = w.memfd(1, 0, 3 * 4096 + 100);
+    let (b, file_b) = w.memfd(2, 2 * 4096, 100);
+    file_b
+        .with(|m| m.add_seals(handover::memfd::F_SEAL_SHRINK))
+        .unwrap()
+        .unwrap();
+    let (c, _) = w.memfd(3, 0, 10);
+    {
+        let tracker = w.luo.tracker_mut().unwrap();
+        // Two order-2 blocks and a dense scatter of single pages.
+        tracker.preserve_block(PhysAddr::new(40 * MIB), 2).unwrap();
+        tracker
+            .preserve_block(PhysAddr::new(40 * MIB + 16384), 2)
+            .unwrap();
+        for i in 0..40u64 {
+            if i % 3 != 1 {
+                tracker
+                    .preserve_page(PhysAddr::new(48 * MIB + i * 4096))
+                    .unwrap();
+            }
+        }
+    }
+    let (luo, k) = (&mut w.luo, &mut w.kernel);
+    let s1 = create_session(luo, k, b"vm-17/state").unwrap();
+    preserve_fd(luo, k, s1, a, 0xfeed).unwrap();
+    preserve_fd(luo, k, s1, b, 3).unwrap();
+    let s2 = create_session(luo, k, &[0xc3, 0x28, b' ', 0x01]).unwrap();
+    preserve_fd(luo, k, s2, c, u64::MAX).unwrap();
+    create_session(luo, k, b"empty").unwrap();
+    w.kexec().1
+}
+
+/// Checks every accessor of an accepted image for consistency, retrieves and finishes every
+/// session and file through a fresh orchestrator, and rebuilds it: an accepted image must be
+/// the canonical one.
+pub fn check_accepted(blob: &[u8]) {
+    let handover = Handover::parse(blob).expect("accepted");
+    let ram: Vec<PhysRange> = handover.ram().iter().collect();
+    let scratch: Vec<PhysRange> = handover.scratch().iter().collect();
+    let image = handover.image_range();
+    assert!(ram.iter().any(|r| r.contains_range(image)));
+    assert!(!scratch.iter().any(|s| s.overlaps(image)));
+    let mut previous_end = 0u64;
+    let mut pages = 0u64;
+    handover.memory_map().walk(|run| {
+        let range = run.range();
+        assert!(
+            range.start().as_u64() >= previous_end,
+            "runs overlap or are out of order"
+        );
+        assert!(
+            ram.iter().any(|r| r.contains_range(range)),
+            "run outside RAM"
+        );
+        assert!(!scratch.iter().any(|s| s.overlaps(range)), "run in scratch");
+        assert!(!image.overlaps(range), "run over the image");
+        previous_end = range.end().as_u64();
+        pages += run.page_count();
+    });
+    assert_eq!(pages, handover.memory_map().counts().page_count);
+    let names: Vec<Vec<u8>> = handover.sessions().map(|s| s.name().to_vec()).collect();
+    assert!(names.windows(2).all(|w| w[0] < w[1]));
+    for session in handover.sessions() {
+        assert_eq!(
+            handover.find_session(session.name()).unwrap().index(),
+            session.index()
+        );
+        let tokens: Vec<u64> = session.files().map(|f| f.token).collect();
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]));
+        for file in session.files() {
+            assert_eq!(session.find_file(file.token).unwrap().index, file.index);
+        }
+    }
+    let rebuilt = handover::image::build::OwnedParts::from_handover(&handover)
+        .rebuild()
+        .expect("rebuild");
+    assert_eq!(rebuilt.as_bytes(), blob, "accepted image is not canonical");
+
+    let mut store = IncomingStore::for_handover(&handover);
+    let mut luo: Luo = LiveUpdate::new(Limits::default());
+    luo.register_handler(&MEMFD).unwrap();
+    store.attach(handover, &mut luo);
+    let mut k = SimKernel::new();
+    for name in &names {
+        let fd = retrieve_session(&mut luo, &mut k, name).expect("retrieve session");
+        for file in handover.find_session(name).unwrap().files() {
+            let _ = retrieve_fd(&mut luo, &mut k, fd, file.token);
+        }
+        finish(&mut luo, &mut k, fd, 0).expect("finish");
+    }
+}
