@@ -9,6 +9,8 @@
 //! after it succeeds no later reader (fdt-rs included) can meet a malformed token.
 
 #[cfg(feature = "alloc")]
+use crate::aligned::AlignedBytes;
+#[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 
 use crate::error::{FormatError, FormatErrorKind as K};
@@ -103,10 +105,10 @@ pub fn total_size(blob: &[u8]) -> Result<usize, FormatError> {
 
 // --- Writer -----------------------------------------------------------------------------------
 
-/// Writes a devicetree in the canonical layout.
+/// Writes a devicetree in the canonical layout, straight into its final aligned buffer.
 #[cfg(feature = "alloc")]
 pub struct FdtWriter {
-    structure: Vec<u8>,
+    blob: AlignedBytes,
     strings: Vec<u8>,
     /// (name, offset in `strings`) of every property name written so far.
     names: Vec<(&'static str, u32)>,
@@ -123,27 +125,34 @@ impl Default for FdtWriter {
 impl FdtWriter {
     /// An empty writer.
     pub fn new() -> FdtWriter {
+        Self::with_capacity(0)
+    }
+
+    /// An empty writer with room for a blob of about `len_bytes`.
+    pub fn with_capacity(len_bytes: usize) -> FdtWriter {
+        let mut blob = AlignedBytes::with_capacity(len_bytes);
+        // Header and the empty reservation block, filled in by `finish`.
+        blob.resize(STRUCT_OFFSET);
         FdtWriter {
-            structure: Vec::new(),
+            blob,
             strings: Vec::new(),
             names: Vec::new(),
         }
     }
 
     fn token(&mut self, token: u32) {
-        self.structure.extend_from_slice(&token.to_be_bytes());
+        self.blob.extend_from_slice(&token.to_be_bytes());
     }
 
     fn pad(&mut self) {
-        let padded = align4(self.structure.len());
-        self.structure.resize(padded, 0);
+        self.blob.resize(align4(self.blob.len()));
     }
 
     /// Opens a node. The name must satisfy [`is_valid_node_name`] (the caller's schema does).
     pub fn begin_node(&mut self, name: &str) {
         self.token(FDT_BEGIN_NODE);
-        self.structure.extend_from_slice(name.as_bytes());
-        self.structure.push(0);
+        self.blob.extend_from_slice(name.as_bytes());
+        self.blob.push(0);
         self.pad();
     }
 
@@ -152,9 +161,19 @@ impl FdtWriter {
         self.token(FDT_END_NODE);
     }
 
-    /// Adds a property to the open node. Returns the offset of its value within the structure
-    /// block, so fixed-size values can be patched later.
+    /// Adds a property to the open node. Returns the blob offset of its value, so fixed-size
+    /// values can be patched later.
     pub fn property(&mut self, name: &'static str, value: &[u8]) -> usize {
+        self.property_with(name, |out| out.extend_from_slice(value))
+    }
+
+    /// Adds a property whose value `write` appends to the blob directly (no staging copy).
+    /// Returns the blob offset of the value.
+    pub fn property_with(
+        &mut self,
+        name: &'static str,
+        write: impl FnOnce(&mut AlignedBytes),
+    ) -> usize {
         let name_offset = match self.names.iter().find(|(n, _)| *n == name) {
             Some(&(_, offset)) => offset,
             None => {
@@ -166,24 +185,31 @@ impl FdtWriter {
             }
         };
         self.token(FDT_PROP);
-        self.structure
-            .extend_from_slice(&(value.len() as u32).to_be_bytes());
-        self.structure.extend_from_slice(&name_offset.to_be_bytes());
-        let value_offset = self.structure.len();
-        self.structure.extend_from_slice(value);
+        let len_at = self.blob.len();
+        self.blob.extend_from_slice(&[0; 4]);
+        self.blob.extend_from_slice(&name_offset.to_be_bytes());
+        let value_offset = self.blob.len();
+        write(&mut self.blob);
+        let len = (self.blob.len().saturating_sub(value_offset)) as u32;
+        if let Some(slot) = self
+            .blob
+            .as_bytes_mut()
+            .get_mut(len_at..len_at.saturating_add(4))
+        {
+            slot.copy_from_slice(&len.to_be_bytes());
+        }
         self.pad();
         value_offset
     }
 
-    /// Ends the tree and returns the blob. Value offsets returned by
-    /// [`FdtWriter::property`] become blob offsets by adding [`STRUCT_OFFSET`].
-    pub fn finish(mut self) -> Vec<u8> {
+    /// Ends the tree, appends the strings and fills in the header.
+    pub fn finish(mut self) -> AlignedBytes {
         self.token(FDT_END);
-        let size_dt_struct = self.structure.len();
-        let off_dt_strings = STRUCT_OFFSET.saturating_add(size_dt_struct);
-        let totalsize = off_dt_strings.saturating_add(self.strings.len());
-        let mut blob = Vec::with_capacity(totalsize);
-        for field in [
+        let off_dt_strings = self.blob.len();
+        let size_dt_struct = off_dt_strings.saturating_sub(STRUCT_OFFSET);
+        self.blob.extend_from_slice(&self.strings);
+        let totalsize = self.blob.len();
+        let header = [
             FDT_MAGIC,
             totalsize as u32,
             STRUCT_OFFSET as u32,
@@ -194,13 +220,14 @@ impl FdtWriter {
             0,
             self.strings.len() as u32,
             size_dt_struct as u32,
-        ] {
-            blob.extend_from_slice(&field.to_be_bytes());
+        ];
+        for (field, slot) in header
+            .iter()
+            .zip(self.blob.as_bytes_mut().chunks_exact_mut(4))
+        {
+            slot.copy_from_slice(&field.to_be_bytes());
         }
-        blob.extend_from_slice(&[0u8; 16]);
-        blob.extend_from_slice(&self.structure);
-        blob.extend_from_slice(&self.strings);
-        blob
+        self.blob
     }
 }
 
@@ -573,11 +600,12 @@ mod tests {
         values.push(w.property("alpha", &[9; 8])..8);
         w.end_node();
         w.end_node();
+        // `property` returns blob offsets; each range here is (offset..len).
         let values = values
             .into_iter()
-            .map(|r| STRUCT_OFFSET + r.start..STRUCT_OFFSET + r.start + r.end)
+            .map(|r| r.start..r.start + r.end)
             .collect();
-        (w.finish(), values)
+        (w.finish().as_bytes().to_vec(), values)
     }
 
     fn read(blob: &[u8]) -> Result<(), FormatError> {

@@ -145,9 +145,10 @@ impl<'s> IncomingPages<'s> {
             return Err(ClaimError::StorageTooSmall);
         };
         claimed.fill(0);
+        // Merged runs: a claim may span blocks the map stored in separate items.
         let mut index = 0usize;
         let mut next_bit = 0u64;
-        map.walk(|run| {
+        map.walk_merged(|run| {
             if let Some(slot) = runs.get_mut(index) {
                 *slot = IncomingRun {
                     first_frame: run.first_frame,
@@ -159,6 +160,7 @@ impl<'s> IncomingPages<'s> {
             index = index.wrapping_add(1);
             next_bit = next_bit.wrapping_add(run.block_count);
         });
+        let runs = runs.get_mut(..index).ok_or(ClaimError::StorageTooSmall)?;
         Ok(IncomingPages {
             runs,
             claimed,

@@ -17,6 +17,8 @@
 extern crate alloc;
 
 pub mod addr;
+#[cfg(feature = "alloc")]
+pub mod aligned;
 pub mod crc32c;
 pub mod error;
 pub mod fdt;

@@ -12,7 +12,7 @@
 //! counts: retrieving and finishing allocate nothing in the orchestrator.
 
 #[cfg(feature = "alloc")]
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeSet;
 #[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 
@@ -218,20 +218,107 @@ struct OutgoingFile<O> {
 #[cfg(feature = "alloc")]
 struct OutgoingSession<O> {
     name: SessionName,
+    /// Creation sequence number: the reboot step freezes sessions in this order.
+    created: u64,
     files: Vec<OutgoingFile<O>>,
-    tokens: BTreeSet<u64>,
 }
+
+/// Sessions with fewer files than this find a duplicate token by scanning their files; larger
+/// ones keep their tokens in the shared tree.
+#[cfg(feature = "alloc")]
+const SMALL_SESSION: usize = 16;
+
+/// Bits of a [`SessionId`] that index the outgoing slab; the bits above hold the slot's
+/// generation, so a stale id never reaches a session created later in the same slot.
+#[cfg(feature = "alloc")]
+const SLOT_BITS: u32 = 20;
+
+/// Outgoing sessions in reusable slots: O(1) lookup by id, no per-session tree node.
+#[cfg(feature = "alloc")]
+struct Slab<T> {
+    slots: Vec<(u32, Option<T>)>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+#[cfg(feature = "alloc")]
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Stores `value` and returns its id (`None` when every slot is taken).
+    fn insert(&mut self, value: T) -> Option<u32> {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = u32::try_from(self.slots.len())
+                    .ok()
+                    .filter(|&s| s < (1 << SLOT_BITS))?;
+                self.slots.push((0, None));
+                slot
+            }
+        };
+        let entry = self.slots.get_mut(slot as usize)?;
+        entry.1 = Some(value);
+        self.live = self.live.wrapping_add(1);
+        // Generations use the bits between the slot and the incoming flag.
+        Some(((entry.0 & GENERATION_MASK) << SLOT_BITS) | slot)
+    }
+
+    fn locate(&self, id: u32) -> Option<usize> {
+        let slot = (id & ((1 << SLOT_BITS) - 1)) as usize;
+        let generation = id >> SLOT_BITS;
+        let entry = self.slots.get(slot)?;
+        (entry.0 & GENERATION_MASK == generation && entry.1.is_some()).then_some(slot)
+    }
+
+    fn get(&self, id: u32) -> Option<&T> {
+        self.slots.get(self.locate(id)?)?.1.as_ref()
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut T> {
+        let slot = self.locate(id)?;
+        self.slots.get_mut(slot)?.1.as_mut()
+    }
+
+    fn remove(&mut self, id: u32) -> Option<T> {
+        let slot = self.locate(id)?;
+        let entry = self.slots.get_mut(slot)?;
+        let value = entry.1.take()?;
+        entry.0 = entry.0.wrapping_add(1);
+        self.free.push(slot as u32);
+        self.live = self.live.wrapping_sub(1);
+        Some(value)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().filter_map(|(_, value)| value.as_ref())
+    }
+}
+
+#[cfg(feature = "alloc")]
+const GENERATION_MASK: u32 = (INCOMING_BIT >> SLOT_BITS) - 1;
 
 /// The outgoing side: sessions created in this kernel.
 #[cfg(feature = "alloc")]
 struct Outgoing<O> {
     tracker: PreservationTracker,
-    /// By id; ids grow, so this is creation order.
-    sessions: BTreeMap<u32, OutgoingSession<O>>,
+    sessions: Slab<OutgoingSession<O>>,
+    next_created: u64,
     names: BTreeSet<SessionName>,
+    /// (session id, token) of every file of sessions with at least [`SMALL_SESSION`] files.
+    tokens: BTreeSet<(u32, u64)>,
     /// (handler, identity) of every preserved object.
     identities: BTreeSet<(usize, u64)>,
-    next_id: u32,
     frozen: bool,
 }
 
@@ -239,8 +326,12 @@ struct Outgoing<O> {
 #[cfg(feature = "alloc")]
 #[derive(Clone, Debug)]
 pub struct RebootPlan {
-    /// The frozen sessions with their files' records.
+    /// The frozen sessions (in creation order), each naming its range of `files`.
     pub sessions: Vec<SessionDraft>,
+    /// Every file, session by session, in preservation order.
+    pub files: Vec<FileDraft>,
+    /// Every record, back to back.
+    pub records: Vec<u8>,
     /// The handlers the records belong to (indexed by [`FileDraft::handler`]).
     pub handlers: Vec<HandlerDraft<'static>>,
 }
@@ -248,6 +339,8 @@ pub struct RebootPlan {
 /// `/dev/liveupdate`: handlers, outgoing sessions and the incoming handover.
 pub struct LiveUpdate<'h, 'i, O> {
     handlers: [Option<&'h dyn FileHandler<O>>; MAX_HANDLERS],
+    /// For each handler node of the incoming handover, the registered handler that reads it.
+    node_handlers: [Option<&'h dyn FileHandler<O>>; MAX_HANDLERS],
     #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
     limits: Limits,
     device_open: bool,
@@ -261,6 +354,7 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
     pub fn new(limits: Limits) -> Self {
         LiveUpdate {
             handlers: [None; MAX_HANDLERS],
+            node_handlers: [None; MAX_HANDLERS],
             limits,
             device_open: false,
             #[cfg(feature = "alloc")]
@@ -275,10 +369,11 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
         let mut luo = Self::new(limits);
         luo.outgoing = Some(Outgoing {
             tracker,
-            sessions: BTreeMap::new(),
+            sessions: Slab::new(),
+            next_created: 0,
             names: BTreeSet::new(),
+            tokens: BTreeSet::new(),
             identities: BTreeSet::new(),
-            next_id: 1,
             frozen: false,
         });
         luo
@@ -302,12 +397,35 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
             .find(|h| h.is_none())
             .ok_or(Errno::ENOSPC)?;
         *slot = Some(handler);
+        self.resolve_node_handlers();
         Ok(())
     }
 
     /// Attaches the incoming side (once, at boot, after intake).
     pub fn attach_incoming(&mut self, incoming: Incoming<'i, O>) {
         self.incoming = Some(incoming);
+        self.resolve_node_handlers();
+    }
+
+    /// Matches each handler node of the incoming handover (name, record version) with the
+    /// registered handler that reads it: same name, version between its oldest readable and
+    /// its own.
+    fn resolve_node_handlers(&mut self) {
+        self.node_handlers = [None; MAX_HANDLERS];
+        let Some(incoming) = &self.incoming else {
+            return;
+        };
+        for (node, data) in self
+            .node_handlers
+            .iter_mut()
+            .zip(incoming.handover.handlers())
+        {
+            *node = self.handlers.iter().flatten().copied().find(|h| {
+                let compatible = h.compatible();
+                compatible.name == data.name
+                    && (h.oldest_readable_version()..=compatible.version).contains(&data.version)
+            });
+        }
     }
 
     /// The incoming side, if any.
@@ -448,7 +566,7 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
         if self
             .outgoing
             .as_ref()
-            .is_some_and(|o| o.sessions.contains_key(&session.0))
+            .is_some_and(|o| o.sessions.get(session.0).is_some())
         {
             return if cmd == LIVEUPDATE_SESSION_PRESERVE_FD {
                 Ok(())
@@ -482,26 +600,34 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
             return Err(Errno::EBUSY);
         }
         let name = SessionName::from_field(&request.name).ok_or(Errno::EINVAL)?;
-        if outgoing.names.contains(&name) {
-            return Err(Errno::EEXIST);
-        }
-        if outgoing.sessions.len() >= self.limits.max_sessions || outgoing.next_id >= INCOMING_BIT {
+        if outgoing.sessions.len() >= self.limits.max_sessions {
             return Err(Errno::ENOSPC);
         }
-        let id = outgoing.next_id;
-        let fd = kernel.install_session(SessionId(id))?;
-        outgoing.next_id = id.wrapping_add(1);
-        outgoing.names.insert(name);
-        outgoing.sessions.insert(
-            id,
-            OutgoingSession {
-                name,
-                files: Vec::new(),
-                tokens: BTreeSet::new(),
-            },
-        );
-        request.fd = fd;
-        Ok(())
+        // One tree walk: the insert is the duplicate check.
+        if !outgoing.names.insert(name) {
+            return Err(Errno::EEXIST);
+        }
+        let created = outgoing.next_created;
+        let Some(id) = outgoing.sessions.insert(OutgoingSession {
+            name,
+            created,
+            files: Vec::new(),
+        }) else {
+            outgoing.names.remove(&name);
+            return Err(Errno::ENOSPC);
+        };
+        match kernel.install_session(SessionId(id)) {
+            Ok(fd) => {
+                outgoing.next_created = created.wrapping_add(1);
+                request.fd = fd;
+                Ok(())
+            }
+            Err(errno) => {
+                outgoing.sessions.remove(id);
+                outgoing.names.remove(&name);
+                Err(errno)
+            }
+        }
     }
 
     fn retrieve_session(
@@ -554,8 +680,14 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
         if outgoing.frozen {
             return Err(Errno::EBUSY);
         }
-        let entry = outgoing.sessions.get_mut(&session.0).ok_or(Errno::EBADF)?;
-        if entry.tokens.contains(&request.token) {
+        let entry = outgoing.sessions.get_mut(session.0).ok_or(Errno::EBADF)?;
+        // Small sessions are scanned (their files are at hand); large ones use the tree.
+        let taken = if entry.files.len() < SMALL_SESSION {
+            entry.files.iter().any(|f| f.token == request.token)
+        } else {
+            outgoing.tokens.contains(&(session.0, request.token))
+        };
+        if taken {
             return Err(Errno::EEXIST);
         }
         if entry.files.len() >= self.limits.max_files_per_session {
@@ -568,12 +700,27 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
             .find_map(|(i, h)| h.filter(|h| h.can_preserve(&object)).map(|h| (i, h)))
             .ok_or(Errno::ENOENT)?;
         let identity = handler.identity(&object);
-        if outgoing.identities.contains(&(handler_index, identity)) {
+        // The insert is the duplicate check; it is undone if the handler refuses.
+        if !outgoing.identities.insert((handler_index, identity)) {
             return Err(Errno::EBUSY);
         }
-        handler.preserve(&object, &mut outgoing.tracker)?;
-        outgoing.identities.insert((handler_index, identity));
-        entry.tokens.insert(request.token);
+        if let Err(errno) = handler.preserve(&object, &mut outgoing.tracker) {
+            outgoing.identities.remove(&(handler_index, identity));
+            return Err(errno);
+        }
+        match entry.files.len() {
+            n if n.wrapping_add(1) == SMALL_SESSION => {
+                let id = session.0;
+                outgoing
+                    .tokens
+                    .extend(entry.files.iter().map(|f| (id, f.token)));
+                outgoing.tokens.insert((id, request.token));
+            }
+            n if n >= SMALL_SESSION => {
+                outgoing.tokens.insert((session.0, request.token));
+            }
+            _ => {}
+        }
         entry.files.push(OutgoingFile {
             token: request.token,
             object,
@@ -584,12 +731,8 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
     }
 
     /// The registered handler that reads files of handler node `node` of the handover.
-    fn incoming_handler(&self, name: &str, version: u32) -> Option<&'h dyn FileHandler<O>> {
-        self.handlers.iter().flatten().copied().find(|h| {
-            let compatible = h.compatible();
-            compatible.name == name
-                && (h.oldest_readable_version()..=compatible.version).contains(&version)
-        })
+    fn node_handler(&self, node: usize) -> Option<&'h dyn FileHandler<O>> {
+        self.node_handlers.get(node).copied().flatten()
     }
 
     fn retrieve_fd(
@@ -610,13 +753,13 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
         let handover = incoming.handover;
         let view = handover.session(index).ok_or(Errno::ENOENT)?;
         let file = view.find_file(request.token).ok_or(Errno::ENOENT)?;
-        let (file_index, record, handler_name, version) = (
+        let (file_index, record, handler_node, version) = (
             file.index,
             file.record,
-            file.handler.name,
+            file.handler_index,
             file.handler.version,
         );
-        let handler = self.incoming_handler(handler_name, version);
+        let handler = self.node_handler(handler_node);
         let incoming = self.incoming.as_mut().ok_or(Errno::EINVAL)?;
         let slot = incoming.files.get_mut(file_index).ok_or(Errno::ENOENT)?;
         let object = match slot {
@@ -659,13 +802,8 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
 
     /// Finishes incoming session `index`: all files or none.
     fn finish_session(&mut self, index: usize, kernel: &mut dyn Kernel<O>) -> Result<(), Errno> {
-        let handlers = self.handlers;
-        let resolve = |name: &str, version: u32| {
-            handlers.iter().flatten().copied().find(|h| {
-                let c = h.compatible();
-                c.name == name && (h.oldest_readable_version()..=c.version).contains(&version)
-            })
-        };
+        let node_handlers = self.node_handlers;
+        let resolve = |node: usize| node_handlers.get(node).copied().flatten();
         let incoming = self.incoming.as_mut().ok_or(Errno::EINVAL)?;
         match incoming.sessions.get(index) {
             Some(IncomingSessionState::Retrieved) => {}
@@ -682,7 +820,7 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
                 Some(IncomingFileSlot::Retrieved(object)) => Some(object),
                 _ => None,
             };
-            let ready = resolve(file.handler.name, file.handler.version)
+            let ready = resolve(file.handler_index)
                 .is_none_or(|h| h.can_finish(file.record, file.handler.version, retrieved));
             if !ready {
                 return Err(Errno::EBUSY);
@@ -702,7 +840,7 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
                 IncomingFileSlot::Retrieved(object) => Some(object),
                 _ => None,
             };
-            if let Some(handler) = resolve(file.handler.name, file.handler.version) {
+            if let Some(handler) = resolve(file.handler_index) {
                 let mut release = |run: FrameRun| kernel.release(run);
                 handler.finish(
                     file.record,
@@ -751,12 +889,15 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
             if outgoing.frozen {
                 return Err(Errno::EBUSY);
             }
-            let removed = outgoing.sessions.remove(&session.0).ok_or(Errno::EBADF)?;
+            let removed = outgoing.sessions.remove(session.0).ok_or(Errno::EBADF)?;
             for file in removed.files.iter().rev() {
                 if let Some(Some(handler)) = handlers.get(file.handler) {
                     handler.unpreserve(&file.object, &mut outgoing.tracker);
                 }
                 outgoing.identities.remove(&(file.handler, file.identity));
+                if removed.files.len() >= SMALL_SESSION {
+                    outgoing.tokens.remove(&(session.0, file.token));
+                }
             }
             outgoing.names.remove(&removed.name);
             Ok(())
@@ -779,9 +920,10 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
         if outgoing.frozen {
             return Err(Errno::EBUSY);
         }
-        let all_files: Vec<(&OutgoingFile<O>, &dyn FileHandler<O>)> = outgoing
-            .sessions
-            .values()
+        let mut by_creation: Vec<&OutgoingSession<O>> = outgoing.sessions.values().collect();
+        by_creation.sort_unstable_by_key(|s| s.created);
+        let all_files: Vec<(&OutgoingFile<O>, &dyn FileHandler<O>)> = by_creation
+            .iter()
             .flat_map(|s| s.files.iter())
             .filter_map(|f| handlers.get(f.handler).copied().flatten().map(|h| (f, h)))
             .collect();
@@ -795,6 +937,8 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
         }
         let mut plan = RebootPlan {
             sessions: Vec::new(),
+            files: Vec::new(),
+            records: Vec::new(),
             handlers: Vec::new(),
         };
         let mut draft_of = [0usize; MAX_HANDLERS];
@@ -810,31 +954,28 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
             });
         }
         let mut failure = None;
-        for session in outgoing.sessions.values() {
-            let mut files = Vec::with_capacity(session.files.len());
+        'sessions: for session in &by_creation {
+            let first = plan.files.len();
             for file in &session.files {
-                let mut record = Vec::new();
+                let start = plan.records.len();
                 let outcome = match handlers.get(file.handler).copied().flatten() {
-                    Some(handler) => handler.serialize(&file.object, &mut record),
+                    Some(handler) => handler.serialize(&file.object, &mut plan.records),
                     None => Err(Errno::EINVAL),
                 };
                 if let Err(errno) = outcome {
                     failure = Some(errno);
-                    break;
+                    break 'sessions;
                 }
                 let handler = draft_of.get(file.handler).copied().unwrap_or(0);
-                files.push(FileDraft {
+                plan.files.push(FileDraft {
                     token: file.token,
                     handler,
-                    record,
+                    record: start..plan.records.len(),
                 });
-            }
-            if failure.is_some() {
-                break;
             }
             plan.sessions.push(SessionDraft {
                 name: session.name,
-                files,
+                files: first..plan.files.len(),
             });
         }
         if let Some(errno) = failure {
@@ -859,7 +1000,9 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
         if !outgoing.frozen {
             return;
         }
-        for session in outgoing.sessions.values().rev() {
+        let mut by_creation: Vec<&OutgoingSession<O>> = outgoing.sessions.values().collect();
+        by_creation.sort_unstable_by_key(|s| s.created);
+        for session in by_creation.iter().rev() {
             for file in session.files.iter().rev() {
                 if let Some(Some(handler)) = handlers.get(file.handler) {
                     handler.unfreeze(&file.object, &mut outgoing.tracker);
@@ -900,6 +1043,8 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
             runs: &runs,
             handlers: &plan.handlers,
             sessions: &plan.sessions,
+            files: &plan.files,
+            records: &plan.records,
         };
         build_image(&parts, place)
     }

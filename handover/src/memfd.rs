@@ -571,6 +571,9 @@ mod object {
             tracker: &mut PreservationTracker,
             by_freeze: bool,
         ) -> Result<(), Errno> {
+            if self.pages.values().all(|page| page.preserved) {
+                return Ok(());
+            }
             let pending: Vec<u64> = self
                 .pages
                 .iter()
@@ -632,59 +635,68 @@ mod object {
             }
         }
 
-        /// The record of a frozen file in `version` (1 or 2). `EOPNOTSUPP` for v1 with seals
-        /// set (v1 cannot carry them); `EINVAL` if a page is not preserved (not frozen).
-        pub fn record(&self, version: u32) -> Result<Vec<u8>, Errno> {
-            let mut extents: Vec<MemfdExtent> = Vec::new();
-            for (&index, page) in &self.pages {
-                if !page.preserved {
-                    return Err(Errno::EINVAL);
-                }
-                let addr = page.addr.as_u64();
-                if let Some(last) = extents.last_mut() {
-                    let count = last.page_count.get();
-                    if last.file_page.get().wrapping_add(count) == index
-                        && last
-                            .phys_addr
-                            .get()
-                            .wrapping_add(count.wrapping_mul(PAGE_SIZE))
-                            == addr
-                    {
-                        last.page_count = U64::new(count.wrapping_add(1));
-                        continue;
-                    }
-                }
-                extents.push(MemfdExtent {
-                    file_page: U64::new(index),
-                    phys_addr: U64::new(addr),
-                    page_count: U64::new(1),
-                });
+        /// Appends the record of a frozen file in `version` (1 or 2) to `out`. `EOPNOTSUPP`
+        /// for v1 with seals set (v1 cannot carry them); `EINVAL` if a page is not preserved
+        /// (the file is not frozen). On error `out` is unchanged.
+        pub fn write_record(&self, version: u32, out: &mut Vec<u8>) -> Result<(), Errno> {
+            if self.pages.values().any(|p| !p.preserved) {
+                return Err(Errno::EINVAL);
             }
-            let mut out = Vec::new();
-            let count = U64::new(extents.len() as u64);
-            match version {
-                1 if self.seals == 0 => out.extend_from_slice(
-                    MemfdHeaderV1 {
+            let start = out.len();
+            let count_at = match version {
+                1 if self.seals == 0 => {
+                    let header = MemfdHeaderV1 {
                         pos: U64::new(self.position),
                         size: U64::new(self.size_bytes),
-                        extent_count: count,
-                    }
-                    .as_bytes(),
-                ),
-                1 => return Err(Errno::EOPNOTSUPP),
-                2 => out.extend_from_slice(
-                    MemfdHeaderV2 {
+                        extent_count: U64::new(0),
+                    };
+                    out.extend_from_slice(header.as_bytes());
+                    start.wrapping_add(16)
+                }
+                2 => {
+                    let header = MemfdHeaderV2 {
                         pos: U64::new(self.position),
                         size: U64::new(self.size_bytes),
                         seals: U32::new(self.seals),
                         flags: U32::new(0),
-                        extent_count: count,
-                    }
-                    .as_bytes(),
-                ),
+                        extent_count: U64::new(0),
+                    };
+                    out.extend_from_slice(header.as_bytes());
+                    start.wrapping_add(24)
+                }
                 _ => return Err(Errno::EOPNOTSUPP),
+            };
+            // Extents: maximal stretches contiguous both in the file and in memory.
+            let mut count = 0u64;
+            let mut current: Option<(u64, u64, u64)> = None;
+            for (&index, page) in &self.pages {
+                let addr = page.addr.as_u64();
+                if let Some((first, phys, pages)) = current.as_mut()
+                    && first.wrapping_add(*pages) == index
+                    && phys.wrapping_add(pages.wrapping_mul(PAGE_SIZE)) == addr
+                {
+                    *pages = pages.wrapping_add(1);
+                    continue;
+                }
+                if let Some(done) = current.replace((index, addr, 1)) {
+                    push_extent(out, done);
+                    count = count.wrapping_add(1);
+                }
             }
-            out.extend_from_slice(extents.as_bytes());
+            if let Some(done) = current {
+                push_extent(out, done);
+                count = count.wrapping_add(1);
+            }
+            if let Some(slot) = out.get_mut(count_at..count_at.wrapping_add(8)) {
+                slot.copy_from_slice(&count.to_le_bytes());
+            }
+            Ok(())
+        }
+
+        /// The record of a frozen file, as [`Memfd::write_record`] writes it.
+        pub fn record(&self, version: u32) -> Result<Vec<u8>, Errno> {
+            let mut out = Vec::new();
+            self.write_record(version, &mut out)?;
             Ok(out)
         }
 
@@ -748,6 +760,15 @@ mod object {
         fn from_memfd(memfd: Memfd) -> Self {
             MemfdFile::new(memfd)
         }
+    }
+
+    fn push_extent(out: &mut Vec<u8>, (first, phys, pages): (u64, u64, u64)) {
+        let extent = MemfdExtent {
+            file_page: U64::new(first),
+            phys_addr: U64::new(phys),
+            page_count: U64::new(pages),
+        };
+        out.extend_from_slice(extent.as_bytes());
     }
 
     /// What a kernel's file-object handle must offer for [`MemfdHandler`] to preserve it.
@@ -830,11 +851,9 @@ mod object {
         }
 
         fn serialize(&self, object: &O, out: &mut Vec<u8>) -> Result<(), Errno> {
-            let record = object
-                .with_memfd(|m| m.record(self.write_version))
-                .unwrap_or(Err(Errno::EINVAL))?;
-            out.extend_from_slice(&record);
-            Ok(())
+            object
+                .with_memfd(|m| m.write_record(self.write_version, out))
+                .unwrap_or(Err(Errno::EINVAL))
         }
 
         fn retrieve(

@@ -11,7 +11,6 @@
     clippy::expect_used
 )]
 
-use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -240,35 +239,69 @@ pub enum SimFd {
     Object(SimObject),
 }
 
-/// A simulated kernel file table, recording released pages.
+/// A simulated kernel file table (an array indexed by fd, as kernels keep them), recording
+/// released pages.
 #[derive(Debug, Default)]
 pub struct SimKernel {
-    /// Open fds.
-    pub fds: BTreeMap<i32, SimFd>,
-    next_fd: i32,
+    /// Open fds: `fds[fd]`.
+    pub fds: SimFdTable,
     /// Largest number of open fds (`EMFILE` past it); 0 means unlimited.
     pub max_fds: usize,
     /// Runs handed back by finishes, in order.
     pub released: Vec<FrameRun>,
 }
 
+/// The fd array. Fds 0 to 2 are never handed out.
+#[derive(Debug, Default)]
+pub struct SimFdTable {
+    slots: Vec<Option<SimFd>>,
+    open: usize,
+}
+
+impl SimFdTable {
+    /// Number of open fds.
+    pub fn len(&self) -> usize {
+        self.open
+    }
+
+    /// Whether no fd is open.
+    pub fn is_empty(&self) -> bool {
+        self.open == 0
+    }
+
+    /// The entry of an fd.
+    pub fn get(&self, fd: &i32) -> Option<&SimFd> {
+        self.slots.get(usize::try_from(*fd).ok()?)?.as_ref()
+    }
+
+    /// Closes an fd.
+    pub fn remove(&mut self, fd: &i32) -> Option<SimFd> {
+        let entry = self.slots.get_mut(usize::try_from(*fd).ok()?)?.take();
+        if entry.is_some() {
+            self.open -= 1;
+        }
+        entry
+    }
+
+    fn insert(&mut self, entry: SimFd) -> i32 {
+        if self.slots.len() < 3 {
+            self.slots.resize(3, None);
+        }
+        self.slots.push(Some(entry));
+        self.open += 1;
+        (self.slots.len() - 1) as i32
+    }
+}
+
 impl SimKernel {
     /// An empty table; fds start at 3.
     pub fn new() -> SimKernel {
-        SimKernel {
-            fds: BTreeMap::new(),
-            next_fd: 3,
-            max_fds: 0,
-            released: Vec::new(),
-        }
+        SimKernel::default()
     }
 
     /// Opens an fd for an object.
     pub fn open(&mut self, object: SimObject) -> i32 {
-        let fd = self.next_fd;
-        self.next_fd += 1;
-        self.fds.insert(fd, SimFd::Object(object));
-        fd
+        self.fds.insert(SimFd::Object(object))
     }
 
     /// The session behind an fd.
@@ -291,10 +324,7 @@ impl SimKernel {
         if self.max_fds != 0 && self.fds.len() >= self.max_fds {
             return Err(Errno::EMFILE);
         }
-        let fd = self.next_fd;
-        self.next_fd += 1;
-        self.fds.insert(fd, entry);
-        Ok(fd)
+        Ok(self.fds.insert(entry))
     }
 }
 

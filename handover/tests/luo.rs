@@ -460,3 +460,31 @@ fn handler_registration_rules() {
     luo.close_device();
     assert_eq!(luo.open_device(), Ok(()));
 }
+
+#[test]
+fn duplicate_tokens_are_found_in_small_and_large_sessions() {
+    let scripted = Scripted::new();
+    let mut w = Outgoing::new(&[&scripted]);
+    let objects: Vec<i32> = (100..140)
+        .map(|n| w.kernel.open(SimObject::Plain(n)))
+        .collect();
+    let (luo, k) = (&mut w.luo, &mut w.kernel);
+    let big = create_session(luo, k, b"big").unwrap();
+    let other = create_session(luo, k, b"other").unwrap();
+    for (token, &fd) in objects[..30].iter().enumerate() {
+        // Every earlier token is refused, whichever way the session looks them up.
+        if token > 0 {
+            assert_eq!(
+                preserve_fd(luo, k, big, objects[30], token as u64 - 1),
+                Err(Errno::EEXIST),
+                "at {token}"
+            );
+        }
+        preserve_fd(luo, k, big, fd, token as u64).unwrap();
+    }
+    // Tokens are per session.
+    preserve_fd(luo, k, other, objects[30], 3).unwrap();
+    close(luo, k, big).unwrap();
+    let again = create_session(luo, k, b"big").unwrap();
+    preserve_fd(luo, k, again, objects[0], 3).unwrap();
+}

@@ -12,7 +12,9 @@ use handover::uapi::*;
 fn header() -> String {
     let candidates = [
         std::env::var_os("LIVEUPDATE_UAPI_HEADER").map(std::path::PathBuf::from),
-        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/uapi/liveupdate.h")),
+        Some(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/uapi/liveupdate.h"),
+        ),
         Some(std::path::PathBuf::from("/work/shared/uapi/liveupdate.h")),
     ];
     for path in candidates.into_iter().flatten() {
@@ -20,7 +22,9 @@ fn header() -> String {
             return text;
         }
     }
-    panic!("liveupdate.h not found: set LIVEUPDATE_UAPI_HEADER or check out ../shared beside the project");
+    panic!(
+        "liveupdate.h not found: set LIVEUPDATE_UAPI_HEADER or check out ../shared beside the project"
+    );
 }
 
 fn number(text: &str) -> u64 {
@@ -61,9 +65,19 @@ fn ioctls(text: &str, constants: &BTreeMap<String, u64>) -> BTreeMap<String, u32
     let mut map = BTreeMap::new();
     for line in joined.lines() {
         let line = line.trim();
-        let Some(rest) = line.strip_prefix("#define ") else { continue };
-        let Some((name, body)) = rest.split_once(char::is_whitespace) else { continue };
-        let Some(args) = body.trim().strip_prefix("_IO(").and_then(|b| b.strip_suffix(')')) else { continue };
+        let Some(rest) = line.strip_prefix("#define ") else {
+            continue;
+        };
+        let Some((name, body)) = rest.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let Some(args) = body
+            .trim()
+            .strip_prefix("_IO(")
+            .and_then(|b| b.strip_suffix(')'))
+        else {
+            continue;
+        };
         let (ty, nr) = args.split_once(',').unwrap();
         let ty = constants[ty.trim()] as u32;
         let nr = constants[nr.trim()] as u32;
@@ -72,23 +86,36 @@ fn ioctls(text: &str, constants: &BTreeMap<String, u64>) -> BTreeMap<String, u32
     map
 }
 
-/// Each struct's fields as (name, offset, size), and its total size, by the C rules.
-fn structs(text: &str, constants: &BTreeMap<String, u64>) -> BTreeMap<String, (Vec<(String, usize, usize)>, usize)> {
+/// A field: (name, offset, size).
+type Field = (String, usize, usize);
+/// A struct: its fields and its size.
+type Layout = (Vec<Field>, usize);
+
+/// Each struct's fields and total size, by the C rules.
+fn structs(text: &str, constants: &BTreeMap<String, u64>) -> BTreeMap<String, Layout> {
     let mut map = BTreeMap::new();
-    let mut current: Option<(String, Vec<(String, usize, usize)>, usize, usize)> = None;
+    // The struct being read: name, fields, running offset, alignment.
+    let mut current: Option<(String, Vec<Field>, usize, usize)> = None;
     for line in text.lines() {
         let line = line.trim();
-        if let Some(rest) = line.strip_prefix("struct ").and_then(|r| r.strip_suffix('{')) {
+        if let Some(rest) = line
+            .strip_prefix("struct ")
+            .and_then(|r| r.strip_suffix('{'))
+        {
             current = Some((rest.trim().to_string(), Vec::new(), 0, 1));
             continue;
         }
-        let Some((_, fields, offset, align)) = current.as_mut() else { continue };
+        let Some((_, fields, offset, align)) = current.as_mut() else {
+            continue;
+        };
         if line.starts_with("};") {
             let (name, fields, offset, align) = current.take().unwrap();
             map.insert(name, (fields, offset.div_ceil(align) * align));
             continue;
         }
-        let Some(decl) = line.strip_suffix(';') else { continue };
+        let Some(decl) = line.strip_suffix(';') else {
+            continue;
+        };
         let mut parts = decl.split_whitespace();
         let (ty, name) = (parts.next().unwrap(), parts.next().unwrap());
         let (unit, unit_align) = match ty {
@@ -114,20 +141,53 @@ fn constants_and_numbers_match() {
     let text = header();
     let c = constants(&text);
     assert_eq!(c["LIVEUPDATE_IOCTL_TYPE"], u64::from(LIVEUPDATE_IOCTL_TYPE));
-    assert_eq!(c["LIVEUPDATE_SESSION_NAME_LENGTH"], LIVEUPDATE_SESSION_NAME_LENGTH as u64);
+    assert_eq!(
+        c["LIVEUPDATE_SESSION_NAME_LENGTH"],
+        LIVEUPDATE_SESSION_NAME_LENGTH as u64
+    );
     assert_eq!(c["LIVEUPDATE_CMD_BASE"], u64::from(LIVEUPDATE_CMD_BASE));
-    assert_eq!(c["LIVEUPDATE_CMD_CREATE_SESSION"], u64::from(LIVEUPDATE_CMD_CREATE_SESSION));
-    assert_eq!(c["LIVEUPDATE_CMD_RETRIEVE_SESSION"], u64::from(LIVEUPDATE_CMD_RETRIEVE_SESSION));
-    assert_eq!(c["LIVEUPDATE_CMD_SESSION_BASE"], u64::from(LIVEUPDATE_CMD_SESSION_BASE));
-    assert_eq!(c["LIVEUPDATE_CMD_SESSION_PRESERVE_FD"], u64::from(LIVEUPDATE_CMD_SESSION_PRESERVE_FD));
-    assert_eq!(c["LIVEUPDATE_CMD_SESSION_RETRIEVE_FD"], u64::from(LIVEUPDATE_CMD_SESSION_RETRIEVE_FD));
-    assert_eq!(c["LIVEUPDATE_CMD_SESSION_FINISH"], u64::from(LIVEUPDATE_CMD_SESSION_FINISH));
+    assert_eq!(
+        c["LIVEUPDATE_CMD_CREATE_SESSION"],
+        u64::from(LIVEUPDATE_CMD_CREATE_SESSION)
+    );
+    assert_eq!(
+        c["LIVEUPDATE_CMD_RETRIEVE_SESSION"],
+        u64::from(LIVEUPDATE_CMD_RETRIEVE_SESSION)
+    );
+    assert_eq!(
+        c["LIVEUPDATE_CMD_SESSION_BASE"],
+        u64::from(LIVEUPDATE_CMD_SESSION_BASE)
+    );
+    assert_eq!(
+        c["LIVEUPDATE_CMD_SESSION_PRESERVE_FD"],
+        u64::from(LIVEUPDATE_CMD_SESSION_PRESERVE_FD)
+    );
+    assert_eq!(
+        c["LIVEUPDATE_CMD_SESSION_RETRIEVE_FD"],
+        u64::from(LIVEUPDATE_CMD_SESSION_RETRIEVE_FD)
+    );
+    assert_eq!(
+        c["LIVEUPDATE_CMD_SESSION_FINISH"],
+        u64::from(LIVEUPDATE_CMD_SESSION_FINISH)
+    );
     let n = ioctls(&text, &c);
     assert_eq!(n.len(), 5, "{n:?}");
-    assert_eq!(n["LIVEUPDATE_IOCTL_CREATE_SESSION"], LIVEUPDATE_IOCTL_CREATE_SESSION);
-    assert_eq!(n["LIVEUPDATE_IOCTL_RETRIEVE_SESSION"], LIVEUPDATE_IOCTL_RETRIEVE_SESSION);
-    assert_eq!(n["LIVEUPDATE_SESSION_PRESERVE_FD"], LIVEUPDATE_SESSION_PRESERVE_FD);
-    assert_eq!(n["LIVEUPDATE_SESSION_RETRIEVE_FD"], LIVEUPDATE_SESSION_RETRIEVE_FD);
+    assert_eq!(
+        n["LIVEUPDATE_IOCTL_CREATE_SESSION"],
+        LIVEUPDATE_IOCTL_CREATE_SESSION
+    );
+    assert_eq!(
+        n["LIVEUPDATE_IOCTL_RETRIEVE_SESSION"],
+        LIVEUPDATE_IOCTL_RETRIEVE_SESSION
+    );
+    assert_eq!(
+        n["LIVEUPDATE_SESSION_PRESERVE_FD"],
+        LIVEUPDATE_SESSION_PRESERVE_FD
+    );
+    assert_eq!(
+        n["LIVEUPDATE_SESSION_RETRIEVE_FD"],
+        LIVEUPDATE_SESSION_RETRIEVE_FD
+    );
     assert_eq!(n["LIVEUPDATE_SESSION_FINISH"], LIVEUPDATE_SESSION_FINISH);
 }
 
@@ -145,11 +205,26 @@ fn struct_layouts_match() {
     let text = header();
     let parsed = structs(&text, &constants(&text));
     let rust = [
-        ("liveupdate_ioctl_create_session", layout!(LiveupdateIoctlCreateSession, size, fd, name)),
-        ("liveupdate_ioctl_retrieve_session", layout!(LiveupdateIoctlRetrieveSession, size, fd, name)),
-        ("liveupdate_session_preserve_fd", layout!(LiveupdateSessionPreserveFd, size, fd, token)),
-        ("liveupdate_session_retrieve_fd", layout!(LiveupdateSessionRetrieveFd, size, fd, token)),
-        ("liveupdate_session_finish", layout!(LiveupdateSessionFinish, size, reserved)),
+        (
+            "liveupdate_ioctl_create_session",
+            layout!(LiveupdateIoctlCreateSession, size, fd, name),
+        ),
+        (
+            "liveupdate_ioctl_retrieve_session",
+            layout!(LiveupdateIoctlRetrieveSession, size, fd, name),
+        ),
+        (
+            "liveupdate_session_preserve_fd",
+            layout!(LiveupdateSessionPreserveFd, size, fd, token),
+        ),
+        (
+            "liveupdate_session_retrieve_fd",
+            layout!(LiveupdateSessionRetrieveFd, size, fd, token),
+        ),
+        (
+            "liveupdate_session_finish",
+            layout!(LiveupdateSessionFinish, size, reserved),
+        ),
     ];
     assert_eq!(parsed.len(), rust.len(), "{:?}", parsed.keys());
     for (name, (size, fields)) in rust {

@@ -9,6 +9,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Range;
 
 use zerocopy::IntoBytes;
 use zerocopy::byteorder::little_endian::{U32, U64};
@@ -16,7 +17,8 @@ use zerocopy::byteorder::little_endian::{U32, U64};
 use super::schema::*;
 use super::{Handover, compute_checksum};
 use crate::addr::{PAGE_SIZE, PhysAddr, PhysRange, is_canonical_range_list};
-use crate::fdt::{FdtWriter, STRUCT_OFFSET, is_valid_node_name};
+use crate::aligned::AlignedBytes;
+use crate::fdt::{FdtWriter, is_valid_node_name};
 use crate::memmap::{self, EncodeError, FrameRun, MAP_VERSION};
 
 /// A file handler's identity in an image: its name (a node name) and the version of the
@@ -29,25 +31,25 @@ pub struct HandlerDraft<'p> {
     pub version: u32,
 }
 
-/// A file to record: its token, its handler (index into [`ImageParts::handlers`]) and the
-/// handler's record.
+/// A file to record: its token, its handler (index into [`ImageParts::handlers`]) and where
+/// its record lies in [`ImageParts::records`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileDraft {
     /// The token it was preserved with.
     pub token: u64,
     /// Index into [`ImageParts::handlers`].
     pub handler: usize,
-    /// The handler's record for the file.
-    pub record: Vec<u8>,
+    /// Its record: a range of [`ImageParts::records`].
+    pub record: Range<usize>,
 }
 
-/// A session to record.
+/// A session to record: its name and its files, a range of [`ImageParts::files`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionDraft {
     /// Its name.
     pub name: SessionName,
-    /// Its files, in any order.
-    pub files: Vec<FileDraft>,
+    /// Its files (in any order): a range of [`ImageParts::files`].
+    pub files: Range<usize>,
 }
 
 /// Everything an image holds.
@@ -63,8 +65,12 @@ pub struct ImageParts<'p> {
     pub runs: &'p [FrameRun],
     /// The file handlers the files refer to.
     pub handlers: &'p [HandlerDraft<'p>],
-    /// The sessions, in any order.
+    /// The sessions, in any order. Their file ranges follow each other and cover `files`.
     pub sessions: &'p [SessionDraft],
+    /// Every file of every session.
+    pub files: &'p [FileDraft],
+    /// Every record, back to back.
+    pub records: &'p [u8],
 }
 
 /// Why an image could not be built.
@@ -82,6 +88,8 @@ pub enum BuildError {
         /// Index of the second one.
         index: usize,
     },
+    /// Session file ranges that do not partition the files, or a record range out of bounds.
+    BadDrafts,
     /// A file refers to a handler index that does not exist.
     BadHandlerReference {
         /// The session.
@@ -121,6 +129,9 @@ impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BuildError::BadLayout => write!(f, "RAM/scratch layout is not canonical"),
+            BuildError::BadDrafts => {
+                write!(f, "session file ranges or record ranges are inconsistent")
+            }
             BuildError::BadHandler { index } => {
                 write!(f, "handler {index} has a bad name or version")
             }
@@ -148,21 +159,19 @@ impl fmt::Display for BuildError {
 /// A sealed image: 8-byte aligned bytes and the physical range they are meant for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandoverImage {
-    words: Vec<u64>,
-    len_bytes: usize,
+    bytes: AlignedBytes,
     range: PhysRange,
 }
 
 impl HandoverImage {
     /// The blob.
     pub fn as_bytes(&self) -> &[u8] {
-        self.words.as_bytes().get(..self.len_bytes).unwrap_or(&[])
+        self.bytes.as_bytes()
     }
 
     /// The blob, mutable (tests damage images this way).
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
-        let len = self.len_bytes;
-        self.words.as_mut_bytes().get_mut(..len).unwrap_or(&mut [])
+        self.bytes.as_bytes_mut()
     }
 
     /// Where the image must be copied: `image-range`.
@@ -170,15 +179,11 @@ impl HandoverImage {
         self.range
     }
 
-    /// An aligned copy of arbitrary bytes (for tests and fuzzing, which build blobs by hand).
+    /// An aligned copy of arbitrary bytes (for receivers copying an image out of memory, and
+    /// for tests and fuzzing, which build blobs by hand).
     pub fn from_bytes(bytes: &[u8]) -> HandoverImage {
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        if let Some(dst) = words.as_mut_bytes().get_mut(..bytes.len()) {
-            dst.copy_from_slice(bytes);
-        }
         HandoverImage {
-            words,
-            len_bytes: bytes.len(),
+            bytes: AlignedBytes::from_bytes(bytes),
             range: PhysRange::default(),
         }
     }
@@ -205,15 +210,33 @@ pub fn build_image(
     check_layout(parts)?;
     check_handlers(parts.handlers)?;
     let tables = Tables::new(parts)?;
-    let stream = memmap::encode(parts.runs).map_err(BuildError::Map)?;
-    let (block_count, page_count) = parts.runs.iter().fold((0u64, 0u64), |(b, p), r| {
-        (
-            b.saturating_add(r.block_count),
-            p.saturating_add(r.page_count()),
-        )
-    });
+    let (stream, counts) = memmap::encode_counted(parts.runs).map_err(BuildError::Map)?;
 
-    let mut w = FdtWriter::new();
+    // Room for everything up front, so the blob is written once without regrowing.
+    let estimate = stream
+        .len()
+        .saturating_add(
+            tables
+                .sessions
+                .len()
+                .saturating_mul(core::mem::size_of::<SessionEntry>()),
+        )
+        .saturating_add(
+            tables
+                .files
+                .len()
+                .saturating_mul(core::mem::size_of::<FileEntry>()),
+        )
+        .saturating_add(parts.records.len())
+        .saturating_add(
+            parts
+                .ram
+                .len()
+                .saturating_add(parts.scratch.len())
+                .saturating_mul(16),
+        )
+        .saturating_add(1024);
+    let mut w = FdtWriter::with_capacity(estimate);
     w.begin_node(names::ROOT);
     let checksum_at = w.property(names::CHECKSUM, &[0; 4]);
     let mut compatible = Vec::from(COMPATIBLE.as_bytes());
@@ -233,20 +256,34 @@ pub fn build_image(
 
     w.begin_node(names::MEMORY_MAP);
     w.property(names::VERSION, &MAP_VERSION.to_le_bytes());
-    w.property(names::RUN_COUNT, &(parts.runs.len() as u64).to_le_bytes());
-    w.property(names::BLOCK_COUNT, &block_count.to_le_bytes());
-    w.property(names::PAGE_COUNT, &page_count.to_le_bytes());
+    w.property(names::RUN_COUNT, &counts.run_count.to_le_bytes());
+    w.property(names::BLOCK_COUNT, &counts.block_count.to_le_bytes());
+    w.property(names::PAGE_COUNT, &counts.page_count.to_le_bytes());
     w.property(names::STREAM, &stream);
     w.end_node();
 
     w.begin_node(names::LUO);
     w.property(names::VERSION, &LUO_VERSION.to_le_bytes());
-    w.property(names::SESSIONS, tables.sessions.as_bytes());
-    w.property(names::FILES, tables.files.as_bytes());
-    for (handler, records) in tables.handlers.iter().zip(&tables.records) {
+    w.property_with(names::SESSIONS, |out| {
+        for session in &tables.sessions {
+            out.extend_from_slice(session.as_bytes());
+        }
+    });
+    w.property_with(names::FILES, |out| {
+        for file in &tables.files {
+            out.extend_from_slice(file.as_bytes());
+        }
+    });
+    for (node, handler) in tables.handlers.iter().enumerate() {
         w.begin_node(handler.name);
         w.property(names::VERSION, &handler.version.to_le_bytes());
-        w.property(names::RECORDS, records);
+        w.property_with(names::RECORDS, |out| {
+            for (entry, &file) in tables.files.iter().zip(&tables.file_order) {
+                if entry.handler.get() as usize == node {
+                    out.extend_from_slice(parts.records.get(file.record.clone()).unwrap_or(&[]));
+                }
+            }
+        });
         w.end_node();
     }
     w.end_node();
@@ -264,9 +301,7 @@ pub fn build_image(
     })?;
     check_placement(parts, range)?;
 
-    let mut image = HandoverImage::from_bytes(&blob);
-    image.range = range;
-    let image_range_at = STRUCT_OFFSET.saturating_add(image_range_at);
+    let mut image = HandoverImage { bytes: blob, range };
     let entry = RangeEntry::from_range(range);
     if let Some(slot) = image
         .as_bytes_mut()
@@ -274,7 +309,6 @@ pub fn build_image(
     {
         slot.copy_from_slice(entry.as_bytes());
     }
-    let checksum_at = STRUCT_OFFSET.saturating_add(checksum_at);
     let crc = compute_checksum(image.as_bytes(), checksum_at);
     if let Some(slot) = image
         .as_bytes_mut()
@@ -343,18 +377,38 @@ fn check_placement(parts: &ImageParts<'_>, range: PhysRange) -> Result<(), Build
     Ok(())
 }
 
-/// The `/luo` tables and the per-handler records, in canonical order.
+/// The `/luo` tables in canonical order, and which draft each file row came from.
 struct Tables<'p> {
     sessions: Vec<SessionEntry>,
     files: Vec<FileEntry>,
+    /// `file_order[i]` is the draft of row `i` of `files`.
+    file_order: Vec<&'p FileDraft>,
     handlers: Vec<HandlerDraft<'p>>,
-    records: Vec<Vec<u8>>,
 }
 
 impl<'p> Tables<'p> {
     fn new(parts: &ImageParts<'p>) -> Result<Tables<'p>, BuildError> {
         if parts.sessions.len() > MAX_SESSIONS {
             return Err(BuildError::TooMany { what: "sessions" });
+        }
+        if parts.files.len() > MAX_FILES {
+            return Err(BuildError::TooMany { what: "files" });
+        }
+        // The session ranges partition the files; every record range is in bounds.
+        let mut next = 0usize;
+        for session in parts.sessions {
+            if session.files.start != next || session.files.end < next {
+                return Err(BuildError::BadDrafts);
+            }
+            next = session.files.end;
+        }
+        if next != parts.files.len()
+            || parts
+                .files
+                .iter()
+                .any(|f| parts.records.get(f.record.clone()).is_none())
+        {
+            return Err(BuildError::BadDrafts);
         }
         let mut order: Vec<&SessionDraft> = parts.sessions.iter().collect();
         order.sort_unstable_by_key(|s| s.name);
@@ -368,7 +422,7 @@ impl<'p> Tables<'p> {
         // Handler nodes: only those some file uses, sorted by name.
         let mut used = vec![false; parts.handlers.len()];
         for session in &order {
-            for file in &session.files {
+            for file in parts.files.get(session.files.clone()).unwrap_or(&[]) {
                 let slot = used
                     .get_mut(file.handler)
                     .ok_or(BuildError::BadHandlerReference {
@@ -392,12 +446,16 @@ impl<'p> Tables<'p> {
             .iter()
             .filter_map(|&i| parts.handlers.get(i).copied())
             .collect();
-        let mut records: Vec<Vec<u8>> = vec![Vec::new(); handlers.len()];
 
         let mut sessions = Vec::with_capacity(order.len());
-        let mut files = Vec::new();
+        let mut files = Vec::with_capacity(parts.files.len());
+        let mut file_order: Vec<&'p FileDraft> = Vec::with_capacity(parts.files.len());
+        let mut record_ends = vec![0u64; handlers.len()];
         for session in order {
-            let mut session_files: Vec<&FileDraft> = session.files.iter().collect();
+            let first_file = files.len() as u32;
+            let start = file_order.len();
+            file_order.extend(parts.files.get(session.files.clone()).unwrap_or(&[]));
+            let session_files = file_order.get_mut(start..).unwrap_or(&mut []);
             session_files.sort_unstable_by_key(|f| f.token);
             for pair in session_files.windows(2) {
                 if let [a, b] = pair
@@ -409,38 +467,32 @@ impl<'p> Tables<'p> {
                     });
                 }
             }
-            let first_file =
-                u32::try_from(files.len()).map_err(|_| BuildError::TooMany { what: "files" })?;
-            let file_count = u32::try_from(session_files.len())
-                .map_err(|_| BuildError::TooMany { what: "files" })?;
-            sessions.push(SessionEntry {
-                name: *session.name.field(),
-                first_file: U32::new(first_file),
-                file_count: U32::new(file_count),
-            });
-            for file in session_files {
+            for file in session_files.iter() {
                 let node = node_of.get(file.handler).copied().unwrap_or(0);
-                let blob = records
+                let end = record_ends
                     .get_mut(node as usize)
                     .ok_or(BuildError::TooMany { what: "handlers" })?;
+                let len = file.record.len() as u64;
                 files.push(FileEntry {
                     token: U64::new(file.token),
-                    record_offset: U64::new(blob.len() as u64),
-                    record_len: U64::new(file.record.len() as u64),
+                    record_offset: U64::new(*end),
+                    record_len: U64::new(len),
                     handler: U32::new(node),
                     flags: U32::new(0),
                 });
-                blob.extend_from_slice(&file.record);
+                *end = end.saturating_add(len);
             }
-        }
-        if files.len() > MAX_FILES {
-            return Err(BuildError::TooMany { what: "files" });
+            sessions.push(SessionEntry {
+                name: *session.name.field(),
+                first_file: U32::new(first_file),
+                file_count: U32::new((files.len() as u32).wrapping_sub(first_file)),
+            });
         }
         Ok(Tables {
             sessions,
             files,
+            file_order,
             handlers,
-            records,
         })
     }
 }
@@ -454,12 +506,16 @@ pub struct OwnedParts<'a> {
     pub ram: Vec<PhysRange>,
     /// Scratch.
     pub scratch: Vec<PhysRange>,
-    /// Preserved runs, as the walk reports them.
+    /// Preserved runs, merged.
     pub runs: Vec<FrameRun>,
     /// Handler nodes.
     pub handlers: Vec<HandlerDraft<'a>>,
-    /// Sessions with their files and records.
+    /// Sessions.
     pub sessions: Vec<SessionDraft>,
+    /// Files of all sessions.
+    pub files: Vec<FileDraft>,
+    /// Records of all files.
+    pub records: Vec<u8>,
     /// Where the image lies.
     pub image_range: PhysRange,
 }
@@ -468,7 +524,7 @@ impl<'a> OwnedParts<'a> {
     /// Reads every part out of a validated image through its accessors.
     pub fn from_handover(handover: &Handover<'a>) -> OwnedParts<'a> {
         let mut runs = Vec::new();
-        handover.memory_map().walk(|run| runs.push(run));
+        handover.memory_map().walk_merged(|run| runs.push(run));
         let handlers = handover
             .handlers()
             .iter()
@@ -477,22 +533,28 @@ impl<'a> OwnedParts<'a> {
                 version: h.version,
             })
             .collect();
-        let sessions = handover
-            .sessions()
-            .filter_map(|s| {
-                Some(SessionDraft {
-                    name: SessionName::new(s.name())?,
-                    files: s
-                        .files()
-                        .map(|f| FileDraft {
-                            token: f.token,
-                            handler: f.handler_index,
-                            record: f.record.to_vec(),
-                        })
-                        .collect(),
-                })
-            })
-            .collect();
+        let mut sessions = Vec::new();
+        let mut files = Vec::new();
+        let mut records = Vec::new();
+        for session in handover.sessions() {
+            let Some(name) = SessionName::new(session.name()) else {
+                continue;
+            };
+            let first = files.len();
+            for file in session.files() {
+                let start = records.len();
+                records.extend_from_slice(file.record);
+                files.push(FileDraft {
+                    token: file.token,
+                    handler: file.handler_index,
+                    record: start..records.len(),
+                });
+            }
+            sessions.push(SessionDraft {
+                name,
+                files: first..files.len(),
+            });
+        }
         OwnedParts {
             generation: handover.generation(),
             ram: handover.ram().iter().collect(),
@@ -500,6 +562,8 @@ impl<'a> OwnedParts<'a> {
             runs,
             handlers,
             sessions,
+            files,
+            records,
             image_range: handover.image_range(),
         }
     }
@@ -513,6 +577,8 @@ impl<'a> OwnedParts<'a> {
             runs: &self.runs,
             handlers: &self.handlers,
             sessions: &self.sessions,
+            files: &self.files,
+            records: &self.records,
         }
     }
 
