@@ -19,7 +19,7 @@ use super::{Handover, compute_checksum};
 use crate::addr::{PAGE_SIZE, PhysAddr, PhysRange, is_canonical_range_list};
 use crate::aligned::AlignedBytes;
 use crate::fdt::{FdtWriter, is_valid_node_name};
-use crate::memmap::{self, EncodeError, FrameRun, MAP_VERSION};
+use crate::memmap::{self, EncodeError, FrameRun, MAP_VERSION, MapCounts};
 
 /// A file handler's identity in an image: its name (a node name) and the version of the
 /// records it wrote.
@@ -200,6 +200,109 @@ impl HandoverImage {
     }
 }
 
+/// Every property value of an image except the records, before it is written as a
+/// devicetree. [`build_image`] computes these from [`ImageParts`]; tools and fuzzers may fill
+/// them with anything to exercise the reader.
+#[derive(Clone, Copy, Debug)]
+pub struct TreeValues<'v> {
+    /// `generation`.
+    pub generation: u64,
+    /// `/ram/ranges`.
+    pub ram: &'v [RangeEntry],
+    /// `/scratch/ranges`.
+    pub scratch: &'v [RangeEntry],
+    /// `/memory-map` counts.
+    pub map_counts: MapCounts,
+    /// `/memory-map/stream`.
+    pub map_stream: &'v [u8],
+    /// `/luo/sessions`, raw rows.
+    pub sessions: &'v [u8],
+    /// `/luo/files`, raw rows.
+    pub files: &'v [u8],
+    /// The handler nodes of `/luo`, in order.
+    pub handlers: &'v [HandlerDraft<'v>],
+}
+
+/// A written but unsealed image: the bytes, and where the two values sealing fills in lie.
+#[derive(Debug)]
+pub struct UnsealedImage {
+    bytes: AlignedBytes,
+    checksum_at: usize,
+    image_range_at: usize,
+}
+
+impl UnsealedImage {
+    /// The blob's length.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Writes `image-range` and the checksum.
+    pub fn seal(self, range: PhysRange) -> HandoverImage {
+        let mut image = HandoverImage { bytes: self.bytes, range };
+        let entry = RangeEntry::from_range(range);
+        let at = self.image_range_at;
+        if let Some(slot) = image.as_bytes_mut().get_mut(at..at.saturating_add(16)) {
+            slot.copy_from_slice(entry.as_bytes());
+        }
+        let at = self.checksum_at;
+        let crc = compute_checksum(image.as_bytes(), at);
+        if let Some(slot) = image.as_bytes_mut().get_mut(at..at.saturating_add(4)) {
+            slot.copy_from_slice(&crc.to_le_bytes());
+        }
+        image
+    }
+}
+
+/// Writes the devicetree of an image in the canonical layout. `records(node, out)` appends the
+/// `records` value of handler node `node` (so large record sets are written once, in place).
+pub fn write_tree(values: &TreeValues<'_>, mut records: impl FnMut(usize, &mut AlignedBytes)) -> UnsealedImage {
+    // Room for everything up front, so the blob is written once without regrowing.
+    let estimate = values
+        .map_stream
+        .len()
+        .saturating_add(values.sessions.len())
+        .saturating_add(values.files.len())
+        .saturating_add(values.ram.len().saturating_add(values.scratch.len()).saturating_mul(16))
+        .saturating_add(1024);
+    let mut w = FdtWriter::with_capacity(estimate);
+    w.begin_node(names::ROOT);
+    let checksum_at = w.property(names::CHECKSUM, &[0; 4]);
+    w.property_with(names::COMPATIBLE, |out| {
+        out.extend_from_slice(COMPATIBLE.as_bytes());
+        out.push(0);
+    });
+    w.property(names::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes());
+    w.property(names::GENERATION, &values.generation.to_le_bytes());
+    let image_range_at = w.property(names::IMAGE_RANGE, &[0; 16]);
+    for (node, rows) in [(names::RAM, values.ram), (names::SCRATCH, values.scratch)] {
+        w.begin_node(node);
+        w.property(names::VERSION, &RANGES_VERSION.to_le_bytes());
+        w.property(names::RANGES, rows.as_bytes());
+        w.end_node();
+    }
+    w.begin_node(names::MEMORY_MAP);
+    w.property(names::VERSION, &MAP_VERSION.to_le_bytes());
+    w.property(names::RUN_COUNT, &values.map_counts.run_count.to_le_bytes());
+    w.property(names::BLOCK_COUNT, &values.map_counts.block_count.to_le_bytes());
+    w.property(names::PAGE_COUNT, &values.map_counts.page_count.to_le_bytes());
+    w.property(names::STREAM, values.map_stream);
+    w.end_node();
+    w.begin_node(names::LUO);
+    w.property(names::VERSION, &LUO_VERSION.to_le_bytes());
+    w.property(names::SESSIONS, values.sessions);
+    w.property(names::FILES, values.files);
+    for (node, handler) in values.handlers.iter().enumerate() {
+        w.begin_node(handler.name);
+        w.property(names::VERSION, &handler.version.to_le_bytes());
+        w.property_with(names::RECORDS, |out| records(node, out));
+        w.end_node();
+    }
+    w.end_node();
+    w.end_node();
+    UnsealedImage { bytes: w.finish(), checksum_at, image_range_at }
+}
+
 /// Builds and seals an image. `place` receives the image's size in pages and returns the
 /// page-aligned physical address the image will be copied to; it must be RAM outside scratch
 /// and outside every preserved run (the builder checks).
@@ -210,113 +313,37 @@ pub fn build_image(
     check_layout(parts)?;
     check_handlers(parts.handlers)?;
     let tables = Tables::new(parts)?;
-    let (stream, counts) = memmap::encode_counted(parts.runs).map_err(BuildError::Map)?;
-
-    // Room for everything up front, so the blob is written once without regrowing.
-    let estimate = stream
-        .len()
-        .saturating_add(
-            tables
-                .sessions
-                .len()
-                .saturating_mul(core::mem::size_of::<SessionEntry>()),
-        )
-        .saturating_add(
-            tables
-                .files
-                .len()
-                .saturating_mul(core::mem::size_of::<FileEntry>()),
-        )
-        .saturating_add(parts.records.len())
-        .saturating_add(
-            parts
-                .ram
-                .len()
-                .saturating_add(parts.scratch.len())
-                .saturating_mul(16),
-        )
-        .saturating_add(1024);
-    let mut w = FdtWriter::with_capacity(estimate);
-    w.begin_node(names::ROOT);
-    let checksum_at = w.property(names::CHECKSUM, &[0; 4]);
-    let mut compatible = Vec::from(COMPATIBLE.as_bytes());
-    compatible.push(0);
-    w.property(names::COMPATIBLE, &compatible);
-    w.property(names::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes());
-    w.property(names::GENERATION, &parts.generation.to_le_bytes());
-    let image_range_at = w.property(names::IMAGE_RANGE, &[0; 16]);
-
-    for (node, list) in [(names::RAM, parts.ram), (names::SCRATCH, parts.scratch)] {
-        w.begin_node(node);
-        w.property(names::VERSION, &RANGES_VERSION.to_le_bytes());
-        let rows: Vec<RangeEntry> = list.iter().map(|&r| RangeEntry::from_range(r)).collect();
-        w.property(names::RANGES, rows.as_bytes());
-        w.end_node();
-    }
-
-    w.begin_node(names::MEMORY_MAP);
-    w.property(names::VERSION, &MAP_VERSION.to_le_bytes());
-    w.property(names::RUN_COUNT, &counts.run_count.to_le_bytes());
-    w.property(names::BLOCK_COUNT, &counts.block_count.to_le_bytes());
-    w.property(names::PAGE_COUNT, &counts.page_count.to_le_bytes());
-    w.property(names::STREAM, &stream);
-    w.end_node();
-
-    w.begin_node(names::LUO);
-    w.property(names::VERSION, &LUO_VERSION.to_le_bytes());
-    w.property_with(names::SESSIONS, |out| {
-        for session in &tables.sessions {
-            out.extend_from_slice(session.as_bytes());
-        }
-    });
-    w.property_with(names::FILES, |out| {
-        for file in &tables.files {
-            out.extend_from_slice(file.as_bytes());
-        }
-    });
-    for (node, handler) in tables.handlers.iter().enumerate() {
-        w.begin_node(handler.name);
-        w.property(names::VERSION, &handler.version.to_le_bytes());
-        w.property_with(names::RECORDS, |out| {
-            for (entry, &file) in tables.files.iter().zip(&tables.file_order) {
-                if entry.handler.get() as usize == node {
-                    out.extend_from_slice(parts.records.get(file.record.clone()).unwrap_or(&[]));
-                }
+    let (stream, map_counts) = memmap::encode_counted(parts.runs).map_err(BuildError::Map)?;
+    let ram: Vec<RangeEntry> = parts.ram.iter().map(|&r| RangeEntry::from_range(r)).collect();
+    let scratch: Vec<RangeEntry> = parts.scratch.iter().map(|&r| RangeEntry::from_range(r)).collect();
+    let values = TreeValues {
+        generation: parts.generation,
+        ram: &ram,
+        scratch: &scratch,
+        map_counts,
+        map_stream: &stream,
+        sessions: tables.sessions.as_bytes(),
+        files: tables.files.as_bytes(),
+        handlers: &tables.handlers,
+    };
+    let unsealed = write_tree(&values, |node, out| {
+        for (entry, &file) in tables.files.iter().zip(&tables.file_order) {
+            if entry.handler.get() as usize == node {
+                out.extend_from_slice(parts.records.get(file.record.clone()).unwrap_or(&[]));
             }
-        });
-        w.end_node();
-    }
-    w.end_node();
-    w.end_node();
-    let blob = w.finish();
-    if u32::try_from(blob.len()).is_err() {
+        }
+    });
+    if u32::try_from(unsealed.len_bytes()).is_err() {
         return Err(BuildError::TooLarge);
     }
-
-    let page_count_image = (blob.len() as u64).div_ceil(PAGE_SIZE);
+    let page_count_image = (unsealed.len_bytes() as u64).div_ceil(PAGE_SIZE);
     let len_bytes = page_count_image.saturating_mul(PAGE_SIZE);
     let start = place(page_count_image).unwrap_or(PhysAddr::new(u64::MAX));
     let range = PhysRange::new(start, len_bytes).ok_or(BuildError::BadPlacement {
         range: PhysRange::default(),
     })?;
     check_placement(parts, range)?;
-
-    let mut image = HandoverImage { bytes: blob, range };
-    let entry = RangeEntry::from_range(range);
-    if let Some(slot) = image
-        .as_bytes_mut()
-        .get_mut(image_range_at..image_range_at.saturating_add(16))
-    {
-        slot.copy_from_slice(entry.as_bytes());
-    }
-    let crc = compute_checksum(image.as_bytes(), checksum_at);
-    if let Some(slot) = image
-        .as_bytes_mut()
-        .get_mut(checksum_at..checksum_at.saturating_add(4))
-    {
-        slot.copy_from_slice(&crc.to_le_bytes());
-    }
-    Ok(image)
+    Ok(unsealed.seal(range))
 }
 
 fn check_layout(parts: &ImageParts<'_>) -> Result<(), BuildError> {
