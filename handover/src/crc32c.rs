@@ -146,10 +146,12 @@ mod tests {
         let data: alloc::vec::Vec<u8> = (0..300u32)
             .map(|i| (i.wrapping_mul(97) >> 3) as u8)
             .collect();
-        for len in 0..data.len() {
+        // Miri interprets every table lookup: it checks a sample of the lengths and splits.
+        let step = if cfg!(miri) { 23 } else { 1 };
+        for len in (0..data.len()).step_by(step) {
             assert_eq!(crc32c(&data[..len]), bitwise(&data[..len]), "len {len}");
         }
-        for split in 0..64 {
+        for split in (0..64).step_by(step) {
             let mut crc = Crc32c::new();
             crc.update(&data[..split]);
             crc.update(&data[split..]);

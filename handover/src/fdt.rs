@@ -630,10 +630,12 @@ mod tests {
     #[test]
     fn every_truncation_and_container_bit_flip_is_rejected() {
         let (blob, values) = sample();
-        for len in 0..blob.len() {
+        // Miri samples the sweep (every flip costs it a full parse).
+        let step = if cfg!(miri) { 11 } else { 1 };
+        for len in (0..blob.len()).step_by(step) {
             assert!(read(&blob[..len]).is_err(), "truncated to {len}");
         }
-        for bit in 0..blob.len() * 8 {
+        for bit in (0..blob.len() * 8).step_by(step) {
             // Property values are the schema's business, not the container's.
             if values.iter().any(|r| r.contains(&(bit / 8))) {
                 continue;

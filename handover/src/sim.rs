@@ -397,7 +397,13 @@ pub fn check_accepted(blob: &[u8]) {
         }
     }
     let rebuilt = OwnedParts::from_handover(&handover).rebuild().expect("an accepted image rebuilds");
-    assert!(rebuilt.as_bytes() == blob, "an accepted image is not canonical");
+    // Fuzzing builds accept any stored checksum (see `verify_checksum`): compare with the
+    // input resealed, so only a real difference counts.
+    let mut expected = crate::image::build::HandoverImage::from_bytes(blob);
+    if cfg!(fuzzing) {
+        expected.reseal();
+    }
+    assert!(rebuilt.as_bytes() == expected.as_bytes(), "an accepted image is not canonical");
 
     let mut storage = IncomingStorage::for_map(&handover.memory_map());
     let mut session_states = vec![IncomingSessionState::default(); handover.session_count()];

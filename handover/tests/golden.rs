@@ -140,3 +140,32 @@ fn golden_memfd_records_read_back() {
     assert!(MemfdRecord::parse(&v1, 2).is_err());
     assert!(MemfdRecord::parse(&v2, 1).is_err());
 }
+
+/// Writes the fuzzers' seed corpora from images the test suite builds (run after a format
+/// change: `cargo test -p handover --test golden -- --ignored write_fuzz_seeds`).
+#[test]
+#[ignore = "writes fuzz/corpus seeds"]
+fn write_fuzz_seeds() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        let dir = corpus.join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    let reference = reference_image(&MEMFD);
+    write("image", "reference", reference.as_bytes());
+    write("image", "v1-memfd-records", reference_image_unsealed(&MEMFD_V1).as_bytes());
+    let empty = Outgoing::new(&[&MEMFD]).kexec().1;
+    write("image", "empty", empty.as_bytes());
+    let handover = Handover::parse(reference.as_bytes()).unwrap();
+    write("memory_map", "reference", handover.memory_map().stream());
+    // A map of every item kind: a FULL window, RUNS, a dense BITMAP, a LIST, two orders.
+    let mut runs = vec![
+        handover::memmap::FrameRun::new(0x10_0000, 0x2_0000, 0),
+        handover::memmap::FrameRun::new(0x13_0000, 5, 0),
+        handover::memmap::FrameRun::new(0x13_0010, 1, 2),
+    ];
+    runs.extend((0..200u64).map(|i| handover::memmap::FrameRun::new(0x14_0000 + 2 * i, 1, 0)));
+    runs.extend((0..50u64).map(|i| handover::memmap::FrameRun::new(0x16_0000 + 100 * i, 1, 0)));
+    write("memory_map", "every-kind", &handover::memmap::encode(&runs).unwrap());
+}
