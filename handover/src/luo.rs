@@ -16,7 +16,7 @@ use alloc::collections::BTreeSet;
 #[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::handler::FileHandler;
 use crate::image::Handover;
@@ -110,7 +110,7 @@ const SESSION_COMMANDS: [Command; 3] = [
     },
 ];
 
-/// The largest argument struct.
+/// The largest argument struct (a multiple of 8).
 const MAX_KNOWN_SIZE: usize = 72;
 
 /// The state of one incoming session. Storage for [`Incoming`].
@@ -513,7 +513,10 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
             return Err(Errno::E2BIG);
         }
         let copy_len = size.min(entry.known_size);
-        let mut kernel_struct = [0u8; MAX_KNOWN_SIZE];
+        // The kernel's copy of the struct, 8-byte aligned so the typed views below are valid
+        // whatever the caller's buffer alignment (the uapi structs need up to 8).
+        let mut kernel_words = [0u64; MAX_KNOWN_SIZE / 8];
+        let kernel_struct = kernel_words.as_mut_bytes();
         let (Some(dst), Some(src)) = (kernel_struct.get_mut(..copy_len), user.get(..copy_len))
         else {
             return Err(Errno::EFAULT);

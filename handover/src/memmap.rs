@@ -1096,8 +1096,14 @@ mod tests {
         let mut reported = 0u64;
         walk(&stream, |_| reported += 1).unwrap();
         assert_eq!(counts.run_count, reported);
-        assert_eq!(counts.block_count, runs.iter().map(|r| r.block_count).sum::<u64>());
-        assert_eq!(counts.page_count, runs.iter().map(|r| r.page_count()).sum::<u64>());
+        assert_eq!(
+            counts.block_count,
+            runs.iter().map(|r| r.block_count).sum::<u64>()
+        );
+        assert_eq!(
+            counts.page_count,
+            runs.iter().map(|r| r.page_count()).sum::<u64>()
+        );
         stream
     }
 

@@ -356,7 +356,9 @@ pub fn check_accepted(blob: &[u8]) {
     use crate::image::Handover;
     use crate::image::build::OwnedParts;
     use crate::incoming::IncomingStorage;
-    use crate::luo::{Incoming, IncomingFileSlot, IncomingSessionState, LiveUpdate, Limits, Target};
+    use crate::luo::{
+        Incoming, IncomingFileSlot, IncomingSessionState, Limits, LiveUpdate, Target,
+    };
     use crate::memfd::MemfdHandler;
     use crate::uapi::*;
     use zerocopy::IntoBytes;
@@ -367,14 +369,26 @@ pub fn check_accepted(blob: &[u8]) {
     let ram: Vec<PhysRange> = handover.ram().iter().collect();
     let scratch: Vec<PhysRange> = handover.scratch().iter().collect();
     let image = handover.image_range();
-    assert!(ram.iter().any(|r| r.contains_range(image)), "image outside RAM");
-    assert!(!scratch.iter().any(|s| s.overlaps(image)), "image in scratch");
+    assert!(
+        ram.iter().any(|r| r.contains_range(image)),
+        "image outside RAM"
+    );
+    assert!(
+        !scratch.iter().any(|s| s.overlaps(image)),
+        "image in scratch"
+    );
     let (mut previous_end, mut pages, mut blocks, mut runs) = (0u64, 0u64, 0u64, 0u64);
     handover.memory_map().walk(|run| {
         let range = run.range();
         assert!(run.block_count > 0 && !range.is_empty(), "empty run");
-        assert!(range.start().as_u64() >= previous_end, "runs overlap or are out of order");
-        assert!(ram.iter().any(|r| r.contains_range(range)), "run outside RAM");
+        assert!(
+            range.start().as_u64() >= previous_end,
+            "runs overlap or are out of order"
+        );
+        assert!(
+            ram.iter().any(|r| r.contains_range(range)),
+            "run outside RAM"
+        );
         assert!(!scratch.iter().any(|s| s.overlaps(range)), "run in scratch");
         assert!(!image.overlaps(range), "run over the image");
         previous_end = range.end().as_u64();
@@ -383,33 +397,52 @@ pub fn check_accepted(blob: &[u8]) {
         runs += 1;
     });
     let counts = handover.memory_map().counts();
-    assert_eq!((runs, blocks, pages), (counts.run_count, counts.block_count, counts.page_count));
+    assert_eq!(
+        (runs, blocks, pages),
+        (counts.run_count, counts.block_count, counts.page_count)
+    );
 
     let names: Vec<Vec<u8>> = handover.sessions().map(|s| s.name().to_vec()).collect();
     assert!(names.windows(2).all(|w| w[0] < w[1]), "sessions not sorted");
     for session in handover.sessions() {
-        assert_eq!(handover.find_session(session.name()).map(|s| s.index()), Some(session.index()));
+        assert_eq!(
+            handover.find_session(session.name()).map(|s| s.index()),
+            Some(session.index())
+        );
         let tokens: Vec<u64> = session.files().map(|f| f.token).collect();
         assert_eq!(tokens.len(), session.file_count());
         assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens not sorted");
         for file in session.files() {
-            assert_eq!(session.find_file(file.token).map(|f| f.index), Some(file.index));
+            assert_eq!(
+                session.find_file(file.token).map(|f| f.index),
+                Some(file.index)
+            );
         }
     }
-    let rebuilt = OwnedParts::from_handover(&handover).rebuild().expect("an accepted image rebuilds");
+    let rebuilt = OwnedParts::from_handover(&handover)
+        .rebuild()
+        .expect("an accepted image rebuilds");
     // Fuzzing builds accept any stored checksum (see `verify_checksum`): compare with the
     // input resealed, so only a real difference counts.
     let mut expected = crate::image::build::HandoverImage::from_bytes(blob);
     if cfg!(fuzzing) {
         expected.reseal();
     }
-    assert!(rebuilt.as_bytes() == expected.as_bytes(), "an accepted image is not canonical");
+    assert!(
+        rebuilt.as_bytes() == expected.as_bytes(),
+        "an accepted image is not canonical"
+    );
 
     let mut storage = IncomingStorage::for_map(&handover.memory_map());
     let mut session_states = vec![IncomingSessionState::default(); handover.session_count()];
-    let mut file_slots: Vec<IncomingFileSlot<SimObject>> = (0..handover.file_count()).map(|_| IncomingFileSlot::new()).collect();
-    let pages = storage.pages(&handover.memory_map()).expect("storage sized from the counts");
-    let incoming = Incoming::new(handover, pages, &mut session_states, &mut file_slots).expect("storage sized");
+    let mut file_slots: Vec<IncomingFileSlot<SimObject>> = (0..handover.file_count())
+        .map(|_| IncomingFileSlot::new())
+        .collect();
+    let pages = storage
+        .pages(&handover.memory_map())
+        .expect("storage sized from the counts");
+    let incoming = Incoming::new(handover, pages, &mut session_states, &mut file_slots)
+        .expect("storage sized");
     let mut luo: LiveUpdate<SimObject> = LiveUpdate::new(Limits::default());
     luo.register_handler(&MEMFD).expect("register");
     luo.attach_incoming(incoming);
@@ -417,19 +450,51 @@ pub fn check_accepted(blob: &[u8]) {
     for name in &names {
         let mut field = [0u8; 64];
         field[..name.len()].copy_from_slice(name);
-        let mut retrieve = LiveupdateIoctlRetrieveSession { size: 72, fd: -1, name: field };
-        luo.ioctl(Target::Device, LIVEUPDATE_IOCTL_RETRIEVE_SESSION, retrieve.as_mut_bytes(), &mut kernel)
-            .expect("retrieve a listed session");
+        let mut retrieve = LiveupdateIoctlRetrieveSession {
+            size: 72,
+            fd: -1,
+            name: field,
+        };
+        luo.ioctl(
+            Target::Device,
+            LIVEUPDATE_IOCTL_RETRIEVE_SESSION,
+            retrieve.as_mut_bytes(),
+            &mut kernel,
+        )
+        .expect("retrieve a listed session");
         let session = Target::Session(kernel.session(retrieve.fd).expect("session fd"));
         let view = handover.find_session(name).expect("listed");
         for file in view.files() {
-            let mut get = LiveupdateSessionRetrieveFd { size: 16, fd: -1, token: file.token };
-            let first = luo.ioctl(session, LIVEUPDATE_SESSION_RETRIEVE_FD, get.as_mut_bytes(), &mut kernel);
+            let mut get = LiveupdateSessionRetrieveFd {
+                size: 16,
+                fd: -1,
+                token: file.token,
+            };
+            let first = luo.ioctl(
+                session,
+                LIVEUPDATE_SESSION_RETRIEVE_FD,
+                get.as_mut_bytes(),
+                &mut kernel,
+            );
             // A failure is sticky: the same errno again.
-            let again = luo.ioctl(session, LIVEUPDATE_SESSION_RETRIEVE_FD, get.as_mut_bytes(), &mut kernel);
+            let again = luo.ioctl(
+                session,
+                LIVEUPDATE_SESSION_RETRIEVE_FD,
+                get.as_mut_bytes(),
+                &mut kernel,
+            );
             assert_eq!(first.err(), again.err(), "retrieve outcome not sticky");
         }
-        let mut finish = LiveupdateSessionFinish { size: 8, reserved: 0 };
-        luo.ioctl(session, LIVEUPDATE_SESSION_FINISH, finish.as_mut_bytes(), &mut kernel).expect("finish");
+        let mut finish = LiveupdateSessionFinish {
+            size: 8,
+            reserved: 0,
+        };
+        luo.ioctl(
+            session,
+            LIVEUPDATE_SESSION_FINISH,
+            finish.as_mut_bytes(),
+            &mut kernel,
+        )
+        .expect("finish");
     }
 }

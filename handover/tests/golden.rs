@@ -154,7 +154,11 @@ fn write_fuzz_seeds() {
     };
     let reference = reference_image(&MEMFD);
     write("image", "reference", reference.as_bytes());
-    write("image", "v1-memfd-records", reference_image_unsealed(&MEMFD_V1).as_bytes());
+    write(
+        "image",
+        "v1-memfd-records",
+        reference_image_unsealed(&MEMFD_V1).as_bytes(),
+    );
     let empty = Outgoing::new(&[&MEMFD]).kexec().1;
     write("image", "empty", empty.as_bytes());
     let handover = Handover::parse(reference.as_bytes()).unwrap();
@@ -167,5 +171,9 @@ fn write_fuzz_seeds() {
     ];
     runs.extend((0..200u64).map(|i| handover::memmap::FrameRun::new(0x14_0000 + 2 * i, 1, 0)));
     runs.extend((0..50u64).map(|i| handover::memmap::FrameRun::new(0x16_0000 + 100 * i, 1, 0)));
-    write("memory_map", "every-kind", &handover::memmap::encode(&runs).unwrap());
+    write(
+        "memory_map",
+        "every-kind",
+        &handover::memmap::encode(&runs).unwrap(),
+    );
 }

@@ -488,3 +488,31 @@ fn duplicate_tokens_are_found_in_small_and_large_sessions() {
     let again = create_session(luo, k, b"big").unwrap();
     preserve_fd(luo, k, again, objects[0], 3).unwrap();
 }
+
+#[test]
+fn argument_buffers_of_any_alignment_work() {
+    let mut w = Outgoing::new(&[&MEMFD]);
+    let (luo, k) = (&mut w.luo, &mut w.kernel);
+    let create = LiveupdateIoctlCreateSession {
+        size: 72,
+        fd: -1,
+        name: name_field(b"odd"),
+    };
+    // The same struct at every offset 0..8 of a byte buffer.
+    for offset in 0..8 {
+        let mut buffer = vec![0u8; 80];
+        buffer[offset..offset + 72].copy_from_slice(create.as_bytes());
+        let mut named = buffer[offset..offset + 72].to_vec();
+        named[8] = b'a' + offset as u8;
+        buffer[offset..offset + 72].copy_from_slice(&named);
+        luo.ioctl(
+            Target::Device,
+            LIVEUPDATE_IOCTL_CREATE_SESSION,
+            &mut buffer[offset..offset + 72],
+            k,
+        )
+        .unwrap();
+        let fd = i32::from_le_bytes(buffer[offset + 4..offset + 8].try_into().unwrap());
+        assert!(k.session(fd).is_some());
+    }
+}

@@ -239,7 +239,10 @@ impl UnsealedImage {
 
     /// Writes `image-range` and the checksum.
     pub fn seal(self, range: PhysRange) -> HandoverImage {
-        let mut image = HandoverImage { bytes: self.bytes, range };
+        let mut image = HandoverImage {
+            bytes: self.bytes,
+            range,
+        };
         let entry = RangeEntry::from_range(range);
         let at = self.image_range_at;
         if let Some(slot) = image.as_bytes_mut().get_mut(at..at.saturating_add(16)) {
@@ -256,14 +259,23 @@ impl UnsealedImage {
 
 /// Writes the devicetree of an image in the canonical layout. `records(node, out)` appends the
 /// `records` value of handler node `node` (so large record sets are written once, in place).
-pub fn write_tree(values: &TreeValues<'_>, mut records: impl FnMut(usize, &mut AlignedBytes)) -> UnsealedImage {
+pub fn write_tree(
+    values: &TreeValues<'_>,
+    mut records: impl FnMut(usize, &mut AlignedBytes),
+) -> UnsealedImage {
     // Room for everything up front, so the blob is written once without regrowing.
     let estimate = values
         .map_stream
         .len()
         .saturating_add(values.sessions.len())
         .saturating_add(values.files.len())
-        .saturating_add(values.ram.len().saturating_add(values.scratch.len()).saturating_mul(16))
+        .saturating_add(
+            values
+                .ram
+                .len()
+                .saturating_add(values.scratch.len())
+                .saturating_mul(16),
+        )
         .saturating_add(1024);
     let mut w = FdtWriter::with_capacity(estimate);
     w.begin_node(names::ROOT);
@@ -284,8 +296,14 @@ pub fn write_tree(values: &TreeValues<'_>, mut records: impl FnMut(usize, &mut A
     w.begin_node(names::MEMORY_MAP);
     w.property(names::VERSION, &MAP_VERSION.to_le_bytes());
     w.property(names::RUN_COUNT, &values.map_counts.run_count.to_le_bytes());
-    w.property(names::BLOCK_COUNT, &values.map_counts.block_count.to_le_bytes());
-    w.property(names::PAGE_COUNT, &values.map_counts.page_count.to_le_bytes());
+    w.property(
+        names::BLOCK_COUNT,
+        &values.map_counts.block_count.to_le_bytes(),
+    );
+    w.property(
+        names::PAGE_COUNT,
+        &values.map_counts.page_count.to_le_bytes(),
+    );
     w.property(names::STREAM, values.map_stream);
     w.end_node();
     w.begin_node(names::LUO);
@@ -300,7 +318,11 @@ pub fn write_tree(values: &TreeValues<'_>, mut records: impl FnMut(usize, &mut A
     }
     w.end_node();
     w.end_node();
-    UnsealedImage { bytes: w.finish(), checksum_at, image_range_at }
+    UnsealedImage {
+        bytes: w.finish(),
+        checksum_at,
+        image_range_at,
+    }
 }
 
 /// Builds and seals an image. `place` receives the image's size in pages and returns the
@@ -314,8 +336,16 @@ pub fn build_image(
     check_handlers(parts.handlers)?;
     let tables = Tables::new(parts)?;
     let (stream, map_counts) = memmap::encode_counted(parts.runs).map_err(BuildError::Map)?;
-    let ram: Vec<RangeEntry> = parts.ram.iter().map(|&r| RangeEntry::from_range(r)).collect();
-    let scratch: Vec<RangeEntry> = parts.scratch.iter().map(|&r| RangeEntry::from_range(r)).collect();
+    let ram: Vec<RangeEntry> = parts
+        .ram
+        .iter()
+        .map(|&r| RangeEntry::from_range(r))
+        .collect();
+    let scratch: Vec<RangeEntry> = parts
+        .scratch
+        .iter()
+        .map(|&r| RangeEntry::from_range(r))
+        .collect();
     let values = TreeValues {
         generation: parts.generation,
         ram: &ram,

@@ -23,13 +23,15 @@ pub fn range(start: u64, len: u64) -> PhysRange {
     PhysRange::new(PhysAddr::new(start), len).unwrap()
 }
 
-/// RAM [1 MiB, 65 MiB) with scratch [1 MiB, 9 MiB): files live in [9 MiB, 65 MiB).
+/// RAM [1 MiB, 25 MiB) with scratch [1 MiB, 9 MiB): files live in [9 MiB, 25 MiB). Small, so
+/// the simulated RAM (every byte of it allocated) stays cheap under Miri too.
 pub fn layout() -> (Vec<PhysRange>, Vec<PhysRange>) {
-    (vec![range(MIB, 64 * MIB)], vec![range(MIB, 8 * MIB)])
+    (vec![range(MIB, 24 * MIB)], vec![range(MIB, 8 * MIB)])
 }
 
+/// Where the page allocator hands out file pages (lowest first).
 pub fn file_area() -> PhysRange {
-    range(9 * MIB, 56 * MIB)
+    range(9 * MIB, 16 * MIB)
 }
 
 pub static MEMFD: MemfdHandler = MemfdHandler::new();
@@ -415,14 +417,14 @@ pub fn reference_image(memfd: &'static MemfdHandler) -> HandoverImage {
     {
         let tracker = w.luo.tracker_mut().unwrap();
         // Two order-2 blocks and a dense scatter of single pages.
-        tracker.preserve_block(PhysAddr::new(40 * MIB), 2).unwrap();
+        tracker.preserve_block(PhysAddr::new(16 * MIB), 2).unwrap();
         tracker
-            .preserve_block(PhysAddr::new(40 * MIB + 16384), 2)
+            .preserve_block(PhysAddr::new(16 * MIB + 16384), 2)
             .unwrap();
         for i in 0..40u64 {
             if i % 3 != 1 {
                 tracker
-                    .preserve_page(PhysAddr::new(48 * MIB + i * 4096))
+                    .preserve_page(PhysAddr::new(18 * MIB + i * 4096))
                     .unwrap();
             }
         }
@@ -437,4 +439,5 @@ pub fn reference_image(memfd: &'static MemfdHandler) -> HandoverImage {
     w.kexec().1
 }
 
+#[allow(unused_imports)]
 pub use handover::sim::check_accepted;
