@@ -367,3 +367,116 @@ impl IncomingStorage {
         IncomingPages::new(map, &mut self.runs, &mut self.claimed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::PhysRange;
+    use crate::image::Handover;
+    use crate::image::build::{ImageParts, build_image};
+
+    const MIB: u64 = 1 << 20;
+
+    /// A map of: 16 order-0 pages at 8 MiB, two order-2 blocks at 9 MiB, one order-9 block at
+    /// 10 MiB.
+    fn handover_image() -> crate::image::build::HandoverImage {
+        let ram = [PhysRange::new(PhysAddr::new(MIB), 31 * MIB).unwrap()];
+        let runs = [
+            FrameRun::new(0x800, 16, 0),
+            FrameRun::new(0x900, 2, 2),
+            FrameRun::new(0xa00, 1, 9),
+        ];
+        let parts = ImageParts {
+            generation: 1,
+            ram: &ram,
+            scratch: &[],
+            runs: &runs,
+            handlers: &[],
+            sessions: &[],
+            files: &[],
+            records: &[],
+        };
+        build_image(&parts, |_| Some(PhysAddr::new(16 * MIB))).unwrap()
+    }
+
+    fn at(frame: u64) -> PhysAddr {
+        PhysAddr::new(frame << PAGE_SHIFT)
+    }
+
+    #[test]
+    fn claims_check_preservation_order_and_ownership() {
+        let image = handover_image();
+        let handover = Handover::parse(image.as_bytes()).unwrap();
+        let map = handover.memory_map();
+        let mut storage = IncomingStorage::for_map(&map);
+        let mut pages = storage.pages(&map).unwrap();
+        assert_eq!(pages.total_blocks(), 16 + 2 + 1);
+
+        assert_eq!(
+            pages.claim(at(0x7ff), 1, 0),
+            Err(ClaimError::NotPreserved { addr: at(0x7ff) })
+        );
+        assert_eq!(
+            pages.claim(at(0x900), 1, 0),
+            Err(ClaimError::OrderMismatch {
+                addr: at(0x900),
+                order: 0,
+                preserved_order: 2
+            })
+        );
+        // Inside an order-2 block but not at its start.
+        assert_eq!(
+            pages.claim(at(0x901), 1, 2),
+            Err(ClaimError::OrderMismatch {
+                addr: at(0x901),
+                order: 2,
+                preserved_order: 2
+            })
+        );
+        assert_eq!(
+            pages.claim(at(0x80e), 3, 0),
+            Err(ClaimError::PastRun {
+                addr: at(0x80e),
+                block_count: 3
+            })
+        );
+        pages.claim(at(0x804), 4, 0).unwrap();
+        assert!(pages.is_claimed(at(0x805)) && !pages.is_claimed(at(0x808)));
+        assert_eq!(
+            pages.claim(at(0x802), 4, 0),
+            Err(ClaimError::AlreadyClaimed { addr: at(0x804) })
+        );
+        assert_eq!(pages.claimed_blocks(), 4);
+        pages.claim(at(0x904), 1, 2).unwrap();
+        pages.claim(at(0xa00), 1, 9).unwrap();
+        assert_eq!(
+            pages.unclaim(at(0x808), 1, 0),
+            Err(ClaimError::NotClaimed { addr: at(0x808) })
+        );
+        pages.unclaim(at(0x806), 2, 0).unwrap();
+        let mut left = alloc::vec::Vec::new();
+        pages.for_each_unclaimed(|run| left.push(run));
+        assert_eq!(
+            left,
+            [
+                FrameRun::new(0x800, 4, 0),
+                FrameRun::new(0x806, 10, 0),
+                FrameRun::new(0x900, 1, 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn storage_must_fit_the_counts() {
+        let image = handover_image();
+        let handover = Handover::parse(image.as_bytes()).unwrap();
+        let map = handover.memory_map();
+        let size = IncomingPages::storage_for(&map);
+        let mut runs = alloc::vec![IncomingRun::default(); size.runs - 1];
+        let mut claimed = alloc::vec![0u64; size.claim_words];
+        assert_eq!(
+            IncomingPages::new(&map, &mut runs, &mut claimed).err(),
+            Some(ClaimError::StorageTooSmall)
+        );
+    }
+}

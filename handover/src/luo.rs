@@ -205,6 +205,18 @@ impl<'i, O> Incoming<'i, O> {
     pub fn session_states(&self) -> &[IncomingSessionState] {
         self.sessions
     }
+
+    /// Whether every session has been finished: the image and its records are no longer
+    /// needed, and the kernel may release [`Handover::image_range`]. (Sessions never retrieved,
+    /// or closed while busy, keep it until the next kexec, which carries none of them.)
+    pub fn is_complete(&self) -> bool {
+        self.sessions.iter().all(|s| {
+            matches!(
+                s,
+                IncomingSessionState::Finished | IncomingSessionState::Gone
+            )
+        })
+    }
 }
 
 #[cfg(feature = "alloc")]

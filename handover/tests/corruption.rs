@@ -18,7 +18,7 @@ fn stride() -> usize {
 
 #[test]
 fn reference_image_is_small_and_valid() {
-    let image = reference_image(&MEMFD);
+    let image = reference().clone();
     assert!(
         image.as_bytes().len() < 4096,
         "{} bytes",
@@ -29,7 +29,7 @@ fn reference_image_is_small_and_valid() {
 
 #[test]
 fn every_bit_flip_and_truncation_is_rejected() {
-    let image = reference_image(&MEMFD);
+    let image = reference().clone();
     let bytes = image.as_bytes();
     for len in (0..bytes.len()).step_by(stride()) {
         let truncated = HandoverImage::from_bytes(&bytes[..len]);
@@ -50,7 +50,7 @@ fn every_bit_flip_and_truncation_is_rejected() {
 
 #[test]
 fn every_resealed_bit_flip_is_rejected_or_consistent() {
-    let image = reference_image(&MEMFD);
+    let image = reference().clone();
     let bytes = image.as_bytes().to_vec();
     let mut accepted = 0usize;
     let mut kinds = std::collections::BTreeMap::new();
@@ -77,7 +77,7 @@ fn every_resealed_bit_flip_is_rejected_or_consistent() {
 #[test]
 fn checksum_is_enforced() {
     // The fuzz build skips the checksum comparison; a normal build must not.
-    let image = reference_image(&MEMFD);
+    let image = reference().clone();
     let mut damaged = image.clone();
     let last = damaged.as_bytes().len() - 1;
     damaged.as_bytes_mut()[last] ^= 0x40;
@@ -91,7 +91,7 @@ fn checksum_is_enforced() {
 
 #[test]
 fn misaligned_blobs_are_refused() {
-    let image = reference_image(&MEMFD);
+    let image = reference().clone();
     let mut shifted = vec![0u8; image.as_bytes().len() + 8];
     let base = shifted.as_ptr() as usize;
     let offset = (0..8).find(|o| (base + o) % 4 == 1).unwrap();

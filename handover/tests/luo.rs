@@ -500,11 +500,9 @@ fn argument_buffers_of_any_alignment_work() {
     };
     // The same struct at every offset 0..8 of a byte buffer.
     for offset in 0..8 {
-        let mut buffer = vec![0u8; 80];
+        let mut buffer = [0u8; 80];
         buffer[offset..offset + 72].copy_from_slice(create.as_bytes());
-        let mut named = buffer[offset..offset + 72].to_vec();
-        named[8] = b'a' + offset as u8;
-        buffer[offset..offset + 72].copy_from_slice(&named);
+        buffer[offset + 8] = b'a' + offset as u8;
         luo.ioctl(
             Target::Device,
             LIVEUPDATE_IOCTL_CREATE_SESSION,

@@ -403,6 +403,13 @@ pub fn u32_at(bytes: &[u8]) -> u32 {
 
 // --- reference image -------------------------------------------------------------------------------
 
+/// The reference image of the default memfd handler, built once per test binary (building it
+/// costs Miri tens of seconds).
+pub fn reference() -> &'static HandoverImage {
+    static IMAGE: std::sync::OnceLock<HandoverImage> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| reference_image(&MEMFD))
+}
+
 /// A small image exercising every part of the format: two orders of preserved blocks, a
 /// bitmap cluster, sparse and dense memfds, a session without files, arbitrary name bytes.
 pub fn reference_image(memfd: &'static MemfdHandler) -> HandoverImage {

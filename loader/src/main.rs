@@ -1,0 +1,325 @@
+//! The `loader` image: booted cold by QEMU (PVH), it loads the next kernel's ELF from the
+//! `-initrd` module, verifies it and kexecs into it. The scenario (`scenario=NAME` on the
+//! command line) decides what it does; see `qemu-runner`'s scenario table.
+//!
+//! Memory layout (see `docs/ENTRY.md`): the loader is linked at 1 MiB; scratch is
+//! `[1 MiB, 64 MiB)` and holds the kernel images, the hand-off structures and the next
+//! kernel's early allocations; the heap (and so the staged segments) lies above scratch.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+mod kernel {
+    use loader::image::ShortDigest;
+    use loader::layout::{COLD_BOOT_SCRATCH as SCRATCH, HEAP_PAGES};
+    use loader::{Handoff, KexecImage, PrepareError};
+    use qemu_platform::addr::{MIB, PhysRange};
+    use qemu_platform::frame::FrameAllocator;
+    use qemu_platform::machine::early::EarlyMemory;
+    use qemu_platform::machine::entry::{
+        BootEntry, BootSource, boot_stack_used_bytes, image_range,
+    };
+    use qemu_platform::machine::{heap, phys, time};
+    use qemu_platform::memmap::MemoryMap;
+    use qemu_platform::protocol::SCENARIO_KEY;
+    use qemu_platform::pvh::PvhBootInfo;
+    use qemu_platform::{phase, verdict_fail, verdict_pass};
+
+    qemu_platform::entry_point!(main);
+
+    /// What the loader knows after bring-up.
+    struct Loader {
+        memory_map: MemoryMap,
+        cmdline: qemu_platform::cmdline::Cmdline,
+        module: PhysRange,
+        tsc_hz: u64,
+    }
+
+    fn main(entry: &BootEntry) -> ! {
+        let BootSource::Pvh { start_info } = entry.source else {
+            verdict_fail!(
+                "the loader must be booted cold through PVH, not {:?}",
+                entry.source
+            )
+        };
+        let boot = match PvhBootInfo::read(&phys::IdentityMap, start_info) {
+            Ok(boot) => boot,
+            Err(error) => verdict_fail!("loader: {error}"),
+        };
+        let own_image = image_range();
+        phase!(
+            "loader: booted by PVH; image {own_image}, {} MiB RAM, command line \"{}\"",
+            boot.memory_map.ram_len_bytes() / MIB,
+            boot.cmdline
+        );
+        let Some(scenario) = boot.cmdline.get(SCENARIO_KEY) else {
+            verdict_fail!("no {SCENARIO_KEY}=NAME on the command line")
+        };
+        let Some(&module) = boot.modules.first() else {
+            verdict_fail!("no -initrd module: the next kernel's ELF must be passed as -initrd")
+        };
+        if !phys::is_accessible(module) {
+            verdict_fail!("the -initrd module {module} is not identity mapped");
+        }
+        if !boot.memory_map.is_ram(SCRATCH) {
+            verdict_fail!("scratch {SCRATCH} is not all RAM: give the guest at least 128 MiB");
+        }
+
+        // SAFETY: everything the firmware handed us (start info, memory map, command line) has
+        // been copied out; the only live memory in scratch is this image (which EarlyMemory
+        // avoids) and the module, passed as in use.
+        let early = match unsafe { EarlyMemory::new(&boot.memory_map, &[SCRATCH], &[module]) } {
+            Ok(early) => early,
+            Err(error) => verdict_fail!("loader: early memory: {error}"),
+        };
+        let (mut frames, early_used) = early.finish();
+        let heap_range = match heap::init_from_frames(&mut frames, HEAP_PAGES, &[SCRATCH]) {
+            Ok(range) => range,
+            Err(error) => verdict_fail!("loader: {error}"),
+        };
+        let tsc_hz = time::calibrate_tsc_hz().unwrap_or(0);
+        phase!(
+            "memory: {} of {} pages free; frame bitmap {early_used}; heap {heap_range}; TSC {} MHz",
+            frames.free_page_count(),
+            frames.ram_page_count(),
+            tsc_hz / 1_000_000
+        );
+        let loader = Loader {
+            memory_map: boot.memory_map,
+            cmdline: boot.cmdline.clone(),
+            module,
+            tsc_hz,
+        };
+        match scenario {
+            // `relaunch` differs only in the next kernel, which kexecs itself again.
+            "empty" | "relaunch" => kexec(&loader, &mut frames, false),
+            "overlap" => kexec(&loader, &mut frames, true),
+            "bad-kernel" => bad_kernel(&loader, &mut frames),
+            "bad-elf" => bad_elf(&loader),
+            "basic" | "many" | "chain" | "unfinished" | "corrupt" => {
+                verdict_fail!("scenario {scenario} is not implemented in the guest yet")
+            }
+            other => verdict_fail!("unknown scenario {other:?}"),
+        }
+    }
+
+    fn module_bytes(loader: &Loader) -> &'static [u8] {
+        // SAFETY: the module was checked to be identity mapped, and it is reserved in the frame
+        // allocator (EarlyMemory took it as in use), so nothing allocates over it or writes it.
+        unsafe { phys::slice(loader.module) }
+    }
+
+    fn load(loader: &Loader, elf: &[u8]) -> KexecImage {
+        match KexecImage::load(elf, &[SCRATCH], &loader.memory_map) {
+            Ok(image) => image,
+            Err(error) => verdict_fail!("loader refused the next kernel: {error}"),
+        }
+    }
+
+    fn describe(image: &KexecImage) {
+        phase!(
+            "loaded next kernel: entry {}, {} segments",
+            image.entry(),
+            image.segments().len()
+        );
+        for (index, segment) in image.segments().iter().enumerate() {
+            phase!(
+                "segment {index}: program header {} -> {}, {} bytes + {} zeroed, sha256 {}…",
+                segment.phdr_index(),
+                segment.dest(),
+                segment.file_len_bytes(),
+                segment.zero_len_bytes(),
+                ShortDigest(segment.digest())
+            );
+        }
+    }
+
+    fn handoff(loader: &Loader) -> Handoff<'_> {
+        Handoff {
+            handover: None,
+            initrd: Some(loader.module),
+            cmdline: loader.cmdline.as_bytes(),
+            tsc_hz: loader.tsc_hz,
+        }
+    }
+
+    fn kexec(loader: &Loader, frames: &mut FrameAllocator<'static>, expect_overlap: bool) -> ! {
+        let image = load(loader, module_bytes(loader));
+        describe(&image);
+        let own_image = image_range();
+        let overlap = image.destinations().find(|dest| dest.overlaps(own_image));
+        match (expect_overlap, overlap) {
+            (true, Some(dest)) => {
+                phase!("destination {dest} overlaps the running loader {own_image}")
+            }
+            (true, None) => verdict_fail!(
+                "overlap: the next kernel does not overlap the loader {own_image}: wrong image passed as -initrd?"
+            ),
+            (false, _) => {}
+        }
+        if let Err(error) = image.verify() {
+            verdict_fail!("loader: {error}");
+        }
+        phase!(
+            "verified the sha256 of {} staged segments",
+            image.segments().len()
+        );
+        let handoff = handoff(loader);
+        let ready = match image.prepare(&handoff, frames) {
+            Ok(ready) => ready,
+            Err(error) => verdict_fail!("loader: cannot hand over: {error}"),
+        };
+        let plan = ready.plan();
+        phase!(
+            "hand-off: trampoline {}, boot info {}, stack {}, page tables {} mapping [0, {}); loader stack {} KiB used; jumping to {}",
+            plan.trampoline,
+            plan.boot_info,
+            plan.stack,
+            plan.page_tables,
+            plan.map_end,
+            boot_stack_used_bytes() / 1024,
+            ready.image().entry()
+        );
+        ready.execute()
+    }
+
+    fn bad_kernel(loader: &Loader, frames: &mut FrameAllocator<'static>) -> ! {
+        let mut image = load(loader, module_bytes(loader));
+        describe(&image);
+        let Some(dest) = image.damage_staged_segment(0) else {
+            verdict_fail!("bad-kernel: the next kernel has no segment to damage")
+        };
+        phase!("damaged staged segment 0 (destination {dest}) after its digest was recorded");
+        let handoff = handoff(loader);
+        match image.prepare(&handoff, frames) {
+            Err(PrepareError::Verify(error)) => {
+                phase!("loader refused to jump: {error}");
+                verdict_pass!(
+                    "loader refused the damaged kernel: segment {} (program header {}) digest mismatch",
+                    error.segment,
+                    error.phdr_index
+                )
+            }
+            Err(other) => verdict_fail!("bad-kernel: expected a digest mismatch, got: {other}"),
+            Ok(_) => verdict_fail!("bad-kernel: the loader accepted a damaged kernel"),
+        }
+    }
+
+    /// One malformation of the good ELF and the field whose rejection it must cause.
+    struct Malformation {
+        what: &'static str,
+        field: &'static str,
+        apply: fn(&mut alloc::vec::Vec<u8>, usize),
+    }
+
+    fn put_u64(bytes: &mut [u8], offset: usize, value: u64) {
+        if let Some(slot) = bytes.get_mut(offset..offset + 8) {
+            slot.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    fn get_u64(bytes: &[u8], offset: usize) -> u64 {
+        bytes
+            .get(offset..offset + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    }
+
+    /// The file offset of the first PT_LOAD program header of a well-formed ELF.
+    fn first_load_phdr(elf: &[u8]) -> Option<usize> {
+        let phoff = usize::try_from(get_u64(elf, 32)).ok()?;
+        let phnum = usize::from(u16::from_le_bytes(elf.get(56..58)?.try_into().ok()?));
+        (0..phnum)
+            .map(|index| phoff + index * 56)
+            .find(|&offset| elf.get(offset..offset + 4) == Some(&1u32.to_le_bytes()[..]))
+    }
+
+    fn bad_elf(loader: &Loader) -> ! {
+        let good = module_bytes(loader);
+        let Some(phdr) = first_load_phdr(good) else {
+            verdict_fail!("bad-elf: the -initrd ELF has no PT_LOAD")
+        };
+        let malformations = [
+            Malformation {
+                what: "truncated header",
+                field: "e_ident",
+                apply: |elf, _| elf.truncate(40),
+            },
+            Malformation {
+                what: "wrong machine",
+                field: "e_machine",
+                apply: |elf, _| elf[18] = 3,
+            },
+            Malformation {
+                what: "not executable type",
+                field: "e_type",
+                apply: |elf, _| elf[16] = 3,
+            },
+            Malformation {
+                what: "p_filesz > p_memsz",
+                field: "p_filesz",
+                apply: |elf, phdr| {
+                    let memsz = get_u64(elf, phdr + 40);
+                    put_u64(elf, phdr + 32, memsz + 1);
+                },
+            },
+            Malformation {
+                what: "segment past end of file",
+                field: "p_offset",
+                apply: |elf, phdr| {
+                    let len = elf.len() as u64;
+                    put_u64(elf, phdr + 8, len);
+                },
+            },
+            Malformation {
+                what: "destination outside RAM",
+                field: "p_paddr",
+                apply: |elf, phdr| {
+                    put_u64(elf, phdr + 16, 0x40_0000_0000);
+                    put_u64(elf, phdr + 24, 0x40_0000_0000);
+                },
+            },
+            Malformation {
+                what: "destination outside scratch",
+                field: "p_paddr",
+                apply: |elf, phdr| {
+                    put_u64(elf, phdr + 16, 0x500_0000);
+                    put_u64(elf, phdr + 24, 0x500_0000);
+                },
+            },
+            Malformation {
+                what: "entry outside code",
+                field: "e_entry",
+                apply: |elf, _| put_u64(elf, 24, 0x20),
+            },
+        ];
+        for malformation in &malformations {
+            let mut elf = alloc::vec::Vec::from(good);
+            (malformation.apply)(&mut elf, phdr);
+            match KexecImage::load(&elf, &[SCRATCH], &loader.memory_map) {
+                Ok(_) => verdict_fail!("bad-elf: {}: the loader accepted it", malformation.what),
+                Err(loader::LoadError::Elf(error)) if error.field == malformation.field => {
+                    phase!("bad-elf: {}: refused: {error}", malformation.what)
+                }
+                Err(error) => verdict_fail!(
+                    "bad-elf: {}: refused for the wrong reason (expected field {}): {error}",
+                    malformation.what,
+                    malformation.field
+                ),
+            }
+        }
+        verdict_pass!(
+            "loader refused {} malformed ELF images, each naming the bad field",
+            malformations.len()
+        )
+    }
+}
+
+#[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!(
+        "the loader is a bare-metal image: build it with --target x86_64-unknown-none (see `cargo qemu`)"
+    );
+}

@@ -1,0 +1,173 @@
+//! The scenario table: every scenario the guest knows, with what it needs to boot.
+//!
+//! To add a scenario: add a row here (name, description, memory, which shim image, timeout,
+//! and whether the guest implements it yet), handle `scenario=NAME` in the loader
+//! (`loader/src/main.rs`) and, if the next kernel has checks of its own, in
+//! `kernel_shim::kernel::main`; then add a `#[test]` in `tests/qemu_scenarios.rs`.
+
+use std::time::Duration;
+
+/// Which next-kernel image QEMU gets as `-initrd`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShimImage {
+    /// `kernel-shim`, linked at 16 MiB, clear of the loader.
+    Standard,
+    /// `kernel-shim-overlap`, linked at 1 MiB, right over the running loader.
+    Overlap,
+}
+
+impl ShimImage {
+    /// The binary's name (under `target/x86_64-unknown-none/release/`).
+    pub const fn bin_name(self) -> &'static str {
+        match self {
+            ShimImage::Standard => "kernel-shim",
+            ShimImage::Overlap => "kernel-shim-overlap",
+        }
+    }
+}
+
+/// Whether the guest implements a scenario yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestSupport {
+    /// The guest runs it.
+    Implemented,
+    /// The guest prints a fail verdict for it until the handover payload exists.
+    NotYetImplemented,
+}
+
+/// One scenario.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// The name passed as `scenario=NAME` and on `cargo qemu`'s command line.
+    pub name: &'static str,
+    /// What it checks.
+    pub description: &'static str,
+    /// Guest RAM (`-m`), in MiB.
+    pub memory_mib: u32,
+    /// The `-initrd` image.
+    pub shim: ShimImage,
+    /// How long the guest may run before it counts as hung.
+    pub timeout: Duration,
+    /// Whether the guest implements it yet.
+    pub support: GuestSupport,
+}
+
+/// The guest boots in well under a second under TCG; the margin is for loaded CI machines.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The scenario `cargo qemu` runs without arguments.
+pub const DEFAULT_SCENARIO: &str = "empty";
+
+/// Every scenario, in the order `--list` and `--all` use.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "basic",
+        description: "preserve sessions and memory, kexec, restore and check them in the next kernel",
+        memory_mib: 256,
+        shim: ShimImage::Standard,
+        timeout: TIMEOUT,
+        support: GuestSupport::NotYetImplemented,
+    },
+    Scenario {
+        name: "empty",
+        description: "kexec with no handover: the loader loads, verifies and jumps; the shim boots",
+        memory_mib: 128,
+        shim: ShimImage::Standard,
+        timeout: TIMEOUT,
+        support: GuestSupport::Implemented,
+    },
+    Scenario {
+        name: "many",
+        description: "many sessions and preserved ranges across one kexec",
+        memory_mib: 512,
+        shim: ShimImage::Standard,
+        timeout: TIMEOUT,
+        support: GuestSupport::NotYetImplemented,
+    },
+    Scenario {
+        name: "chain",
+        description: "10 kexecs in a row; no preserved page leaks (free page counts match)",
+        memory_mib: 256,
+        shim: ShimImage::Standard,
+        timeout: TIMEOUT,
+        support: GuestSupport::NotYetImplemented,
+    },
+    Scenario {
+        name: "overlap",
+        description: "the next kernel is linked over the running loader's own code and data",
+        memory_mib: 128,
+        shim: ShimImage::Overlap,
+        timeout: TIMEOUT,
+        support: GuestSupport::Implemented,
+    },
+    Scenario {
+        name: "unfinished",
+        description: "a session left unfinished is dropped cleanly by the next kernel",
+        memory_mib: 256,
+        shim: ShimImage::Standard,
+        timeout: TIMEOUT,
+        support: GuestSupport::NotYetImplemented,
+    },
+    Scenario {
+        name: "corrupt",
+        description: "a corrupted handover image is refused and the next kernel boots without revival",
+        memory_mib: 256,
+        shim: ShimImage::Standard,
+        timeout: TIMEOUT,
+        support: GuestSupport::NotYetImplemented,
+    },
+    Scenario {
+        name: "bad-kernel",
+        description: "a staged segment is damaged after digesting: the loader refuses to jump and names it",
+        memory_mib: 128,
+        shim: ShimImage::Standard,
+        timeout: TIMEOUT,
+        support: GuestSupport::Implemented,
+    },
+    Scenario {
+        name: "relaunch",
+        description: "the kernel-shim kexecs itself again from the ELF passed on, in place over its running image",
+        memory_mib: 128,
+        shim: ShimImage::Standard,
+        timeout: TIMEOUT,
+        support: GuestSupport::Implemented,
+    },
+    Scenario {
+        name: "bad-elf",
+        description: "malformed next-kernel ELFs are refused, each naming the bad field",
+        memory_mib: 128,
+        shim: ShimImage::Standard,
+        timeout: TIMEOUT,
+        support: GuestSupport::Implemented,
+    },
+];
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|scenario| scenario.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_the_default_exists() {
+        for (index, scenario) in SCENARIOS.iter().enumerate() {
+            assert!(
+                SCENARIOS[..index]
+                    .iter()
+                    .all(|other| other.name != scenario.name),
+                "{} twice",
+                scenario.name
+            );
+            assert!(
+                scenario.memory_mib >= 128,
+                "{} needs scratch + heap + initrd",
+                scenario.name
+            );
+        }
+        assert!(find(DEFAULT_SCENARIO).is_some());
+        assert!(find("nope").is_none());
+    }
+}
