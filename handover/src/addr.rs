@@ -44,6 +44,24 @@ impl PhysAddr {
         self.0 & (PAGE_SIZE - 1) == 0
     }
 
+    /// Whether the address is a multiple of `align` (a power of two).
+    pub const fn is_aligned(self, align: u64) -> bool {
+        self.0 & align.wrapping_sub(1) == 0
+    }
+
+    /// Rounded down to a multiple of `align` (a power of two).
+    pub const fn align_down(self, align: u64) -> PhysAddr {
+        PhysAddr(self.0 & !align.wrapping_sub(1))
+    }
+
+    /// Rounded up to a multiple of `align` (a power of two), or `None` on overflow.
+    pub const fn align_up(self, align: u64) -> Option<PhysAddr> {
+        match self.0.checked_add(align.wrapping_sub(1)) {
+            Some(bumped) => Some(PhysAddr(bumped & !align.wrapping_sub(1))),
+            None => None,
+        }
+    }
+
     /// Whether the address is aligned to a block of `2^order` pages.
     pub const fn is_aligned_to_order(self, order: u8) -> bool {
         let shift = PAGE_SHIFT.wrapping_add(order as u32);
@@ -121,6 +139,12 @@ pub struct PhysRange {
 }
 
 impl PhysRange {
+    /// The empty range at address zero.
+    pub const EMPTY: PhysRange = PhysRange {
+        start: PhysAddr(0),
+        len_bytes: 0,
+    };
+
     /// A range, or `None` if it wraps or extends past [`PHYS_ADDR_LIMIT`].
     pub const fn new(start: PhysAddr, len_bytes: u64) -> Option<PhysRange> {
         match start.0.checked_add(len_bytes) {
@@ -186,6 +210,50 @@ impl PhysRange {
     /// Whether `other` lies entirely inside this range.
     pub const fn contains_range(self, other: PhysRange) -> bool {
         other.start.0 >= self.start.0 && other.end().0 <= self.end().0
+    }
+
+    /// The bytes both ranges cover ([`PhysRange::EMPTY`] if none).
+    pub const fn intersection(self, other: PhysRange) -> PhysRange {
+        let start = if self.start.0 > other.start.0 {
+            self.start.0
+        } else {
+            other.start.0
+        };
+        let end = if self.end().0 < other.end().0 {
+            self.end().0
+        } else {
+            other.end().0
+        };
+        if start < end {
+            PhysRange {
+                start: PhysAddr(start),
+                len_bytes: end.wrapping_sub(start),
+            }
+        } else {
+            PhysRange::EMPTY
+        }
+    }
+
+    /// The smallest page-aligned range covering every page this range touches, or `None` if
+    /// rounding up the end overflows.
+    pub const fn page_footprint(self) -> Option<PhysRange> {
+        let start = self.start.align_down(PAGE_SIZE);
+        match self.end().align_up(PAGE_SIZE) {
+            Some(end) => PhysRange::from_bounds(start, end),
+            None => None,
+        }
+    }
+
+    /// The whole pages inside this range ([`PhysRange::EMPTY`] if none).
+    pub const fn pages_within(self) -> PhysRange {
+        let Some(start) = self.start.align_up(PAGE_SIZE) else {
+            return PhysRange::EMPTY;
+        };
+        let end = self.end().align_down(PAGE_SIZE);
+        match PhysRange::from_bounds(start, end) {
+            Some(range) => range,
+            None => PhysRange::EMPTY,
+        }
     }
 
     /// Whether the two ranges share at least one byte.
@@ -278,6 +346,36 @@ mod tests {
         assert!(!PhysAddr::new(0x201000).is_aligned_to_order(9));
         assert!(PhysAddr::new(0).is_aligned_to_order(60));
         assert!(!PhysAddr::new(0x1000).is_aligned_to_order(60));
+    }
+
+    #[test]
+    fn intersection_and_page_rounding() {
+        let range = |start: u64, end: u64| {
+            PhysRange::from_bounds(PhysAddr::new(start), PhysAddr::new(end)).unwrap()
+        };
+        assert_eq!(range(0, 10).intersection(range(5, 20)), range(5, 10));
+        assert!(range(0, 10).intersection(range(10, 20)).is_empty());
+        assert_eq!(
+            range(0x1001, 0x2001).page_footprint(),
+            Some(range(0x1000, 0x3000))
+        );
+        assert_eq!(range(0x1001, 0x3001).pages_within(), range(0x2000, 0x3000));
+        assert!(range(0x1001, 0x1fff).pages_within().is_empty());
+        assert_eq!(
+            PhysAddr::new(0x1234).align_down(0x1000),
+            PhysAddr::new(0x1000)
+        );
+        assert_eq!(
+            PhysAddr::new(0x1234).align_up(0x1000),
+            Some(PhysAddr::new(0x2000))
+        );
+        assert_eq!(PhysAddr::new(u64::MAX).align_up(0x1000), None);
+        assert!(PhysAddr::new(0x40_0000).is_aligned(0x20_0000));
+        assert_eq!(
+            PhysRange::from_frames(PageFrame::new(2), 3),
+            Some(range(0x2000, 0x5000))
+        );
+        assert!(PhysRange::from_frames(PageFrame::new(u64::MAX), 1).is_none());
     }
 
     #[test]

@@ -53,14 +53,10 @@ impl fmt::Display for FrameError {
             ),
             FrameError::NotPageAligned { range } => write!(f, "free of unaligned range {range}"),
             FrameError::NotRam { frame } => {
-                write!(
-                    f,
-                    "free of frame {:#x}, which is not RAM",
-                    frame.addr().as_u64()
-                )
+                write!(f, "free of page {frame:?}, which is not RAM")
             }
             FrameError::AlreadyFree { frame } => {
-                write!(f, "double free of frame {:#x}", frame.addr().as_u64())
+                write!(f, "double free of page {frame:?}")
             }
         }
     }
@@ -147,7 +143,7 @@ impl<'a> FrameAllocator<'a> {
     /// `page_count` physically contiguous free pages (lowest address first), or `None`.
     pub fn alloc_contiguous(&mut self, page_count: u64) -> Option<PhysRange> {
         let everything =
-            PhysRange::from_bounds(PhysAddr::ZERO, PageFrame::new(self.frame_limit).addr())?;
+            PhysRange::from_bounds(PhysAddr::ZERO, PageFrame::new(self.frame_limit).addr()?)?;
         self.alloc_contiguous_in(page_count, everything, &[])
     }
 
@@ -205,7 +201,11 @@ impl<'a> FrameAllocator<'a> {
             // Name the first page that is not RAM.
             let frame = (range.start().frame().as_u64()..range.end().frame().as_u64())
                 .map(PageFrame::new)
-                .find(|frame| !self.ram.iter().any(|ram| ram.contains(frame.addr())))
+                .find(|frame| {
+                    !frame
+                        .addr()
+                        .is_some_and(|a| self.ram.iter().any(|ram| ram.contains(a)))
+                })
                 .unwrap_or(range.start().frame());
             return Err(FrameError::NotRam { frame });
         }
@@ -464,7 +464,7 @@ mod tests {
         assert_eq!(allocator.reserve(range(0x10_0001, 0x10_0002)), 1);
 
         let page = allocator.alloc_page().unwrap();
-        assert_eq!(page.addr(), PhysAddr::new(0x10_1000));
+        assert_eq!(page.addr(), Some(PhysAddr::new(0x10_1000)));
         let run = allocator.alloc_contiguous(0xfe).unwrap();
         assert_eq!(run, range(0x10_2000, 0x20_0000));
         // The next run must skip the reserved page at 2 MiB.
