@@ -119,7 +119,7 @@ fuzz_target!(|ops: Vec<Op>| {
         frozen: luo.is_frozen(),
         incoming: luo.incoming().unwrap().session_states().to_vec(),
         claimed: luo.incoming().unwrap().pages().claimed_blocks(),
-        open_fds: kernel.fds.len(),
+        open_fds: kernel.len(),
     };
     let pick = |list: &Vec<i32>, i: u8| -> Option<i32> {
         (!list.is_empty()).then(|| list[usize::from(i) % list.len()])
@@ -194,7 +194,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     preserved.remove(&s);
                 }
                 if result.is_ok() || id.is_incoming() {
-                    kernel.fds.remove(&s);
+                    kernel.close(s);
                     sessions.retain(|&f| f != s);
                 }
                 // Closing a busy incoming session holds it: not a no-op by design.

@@ -434,7 +434,7 @@ fn session_cycle(layout: &[usize]) -> (Duration, usize) {
             )
             .unwrap();
         }
-        kernel.fds.len()
+        kernel.len()
     });
     (time, image_len)
 }

@@ -68,6 +68,8 @@ pub mod aligned;
 pub mod crc32c;
 pub mod error;
 pub mod fdt;
+#[cfg(feature = "alloc")]
+pub mod fdtable;
 pub mod handler;
 pub mod image;
 pub mod incoming;

@@ -15,11 +15,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::addr::{PAGE_SIZE, PhysAddr, PhysRange};
-use crate::kernel::{FrameAllocator, PhysMemory, SessionId};
-use crate::luo::Kernel;
+use crate::fdtable::FdTable;
+use crate::kernel::{FrameAllocator, PhysMemory};
 use crate::memfd::{Memfd, MemfdFile, MemfdObject};
 use crate::memmap::FrameRun;
-use crate::uapi::Errno;
 
 /// Simulated physical RAM: one byte array per RAM range.
 #[derive(Clone, Debug)]
@@ -230,121 +229,8 @@ impl MemfdObject for SimObject {
     }
 }
 
-/// An entry of the simulated fd table.
-#[derive(Clone, Debug)]
-pub enum SimFd {
-    /// A session fd.
-    Session(SessionId),
-    /// A file.
-    Object(SimObject),
-}
-
-/// A simulated kernel file table (an array indexed by fd, as kernels keep them), recording
-/// released pages.
-#[derive(Debug, Default)]
-pub struct SimKernel {
-    /// Open fds: `fds[fd]`.
-    pub fds: SimFdTable,
-    /// Largest number of open fds (`EMFILE` past it); 0 means unlimited.
-    pub max_fds: usize,
-    /// Runs handed back by finishes, in order.
-    pub released: Vec<FrameRun>,
-}
-
-/// The fd array. Fds 0 to 2 are never handed out.
-#[derive(Debug, Default)]
-pub struct SimFdTable {
-    slots: Vec<Option<SimFd>>,
-    open: usize,
-}
-
-impl SimFdTable {
-    /// Number of open fds.
-    pub fn len(&self) -> usize {
-        self.open
-    }
-
-    /// Whether no fd is open.
-    pub fn is_empty(&self) -> bool {
-        self.open == 0
-    }
-
-    /// The entry of an fd.
-    pub fn get(&self, fd: &i32) -> Option<&SimFd> {
-        self.slots.get(usize::try_from(*fd).ok()?)?.as_ref()
-    }
-
-    /// Closes an fd.
-    pub fn remove(&mut self, fd: &i32) -> Option<SimFd> {
-        let entry = self.slots.get_mut(usize::try_from(*fd).ok()?)?.take();
-        if entry.is_some() {
-            self.open -= 1;
-        }
-        entry
-    }
-
-    fn insert(&mut self, entry: SimFd) -> i32 {
-        if self.slots.len() < 3 {
-            self.slots.resize(3, None);
-        }
-        self.slots.push(Some(entry));
-        self.open += 1;
-        (self.slots.len() - 1) as i32
-    }
-}
-
-impl SimKernel {
-    /// An empty table; fds start at 3.
-    pub fn new() -> SimKernel {
-        SimKernel::default()
-    }
-
-    /// Opens an fd for an object.
-    pub fn open(&mut self, object: SimObject) -> i32 {
-        self.fds.insert(SimFd::Object(object))
-    }
-
-    /// The session behind an fd.
-    pub fn session(&self, fd: i32) -> Option<SessionId> {
-        match self.fds.get(&fd) {
-            Some(SimFd::Session(id)) => Some(*id),
-            _ => None,
-        }
-    }
-
-    /// The object behind an fd.
-    pub fn object(&self, fd: i32) -> Option<&SimObject> {
-        match self.fds.get(&fd) {
-            Some(SimFd::Object(object)) => Some(object),
-            _ => None,
-        }
-    }
-
-    fn install(&mut self, entry: SimFd) -> Result<i32, Errno> {
-        if self.max_fds != 0 && self.fds.len() >= self.max_fds {
-            return Err(Errno::EMFILE);
-        }
-        Ok(self.fds.insert(entry))
-    }
-}
-
-impl Kernel<SimObject> for SimKernel {
-    fn resolve(&mut self, fd: i32) -> Result<SimObject, Errno> {
-        self.object(fd).cloned().ok_or(Errno::EBADF)
-    }
-
-    fn install_session(&mut self, session: SessionId) -> Result<i32, Errno> {
-        self.install(SimFd::Session(session))
-    }
-
-    fn install_file(&mut self, object: SimObject) -> Result<i32, Errno> {
-        self.install(SimFd::Object(object))
-    }
-
-    fn release(&mut self, run: FrameRun) {
-        self.released.push(run);
-    }
-}
+/// The simulated kernel's file table: the core's [`FdTable`] over [`SimObject`]s.
+pub type SimKernel = FdTable<SimObject>;
 
 /// Checks everything a receiving kernel can observe of an image [`crate::Handover::parse`]
 /// accepted, and panics on the first inconsistency: every run inside RAM, outside scratch and
@@ -353,15 +239,12 @@ impl Kernel<SimObject> for SimKernel {
 /// session and file retrieved and finished through a fresh orchestrator with the memfd handler
 /// without a panic. Tests and fuzz targets share it.
 pub fn check_accepted(blob: &[u8]) {
+    use crate::fdtable::agent;
     use crate::image::Handover;
     use crate::image::build::OwnedParts;
     use crate::incoming::IncomingStorage;
-    use crate::luo::{
-        Incoming, IncomingFileSlot, IncomingSessionState, Limits, LiveUpdate, Target,
-    };
+    use crate::luo::{Incoming, IncomingFileSlot, IncomingSessionState, Limits, LiveUpdate};
     use crate::memfd::MemfdHandler;
-    use crate::uapi::*;
-    use zerocopy::IntoBytes;
 
     static MEMFD: MemfdHandler = MemfdHandler::new();
 
@@ -448,53 +331,15 @@ pub fn check_accepted(blob: &[u8]) {
     luo.attach_incoming(incoming);
     let mut kernel = SimKernel::new();
     for name in &names {
-        let mut field = [0u8; 64];
-        field[..name.len()].copy_from_slice(name);
-        let mut retrieve = LiveupdateIoctlRetrieveSession {
-            size: 72,
-            fd: -1,
-            name: field,
-        };
-        luo.ioctl(
-            Target::Device,
-            LIVEUPDATE_IOCTL_RETRIEVE_SESSION,
-            retrieve.as_mut_bytes(),
-            &mut kernel,
-        )
-        .expect("retrieve a listed session");
-        let session = Target::Session(kernel.session(retrieve.fd).expect("session fd"));
+        let fd = agent::retrieve_session(&mut luo, &mut kernel, name)
+            .expect("retrieve a listed session");
         let view = handover.find_session(name).expect("listed");
         for file in view.files() {
-            let mut get = LiveupdateSessionRetrieveFd {
-                size: 16,
-                fd: -1,
-                token: file.token,
-            };
-            let first = luo.ioctl(
-                session,
-                LIVEUPDATE_SESSION_RETRIEVE_FD,
-                get.as_mut_bytes(),
-                &mut kernel,
-            );
+            let first = agent::retrieve_fd(&mut luo, &mut kernel, fd, file.token);
             // A failure is sticky: the same errno again.
-            let again = luo.ioctl(
-                session,
-                LIVEUPDATE_SESSION_RETRIEVE_FD,
-                get.as_mut_bytes(),
-                &mut kernel,
-            );
+            let again = agent::retrieve_fd(&mut luo, &mut kernel, fd, file.token);
             assert_eq!(first.err(), again.err(), "retrieve outcome not sticky");
         }
-        let mut finish = LiveupdateSessionFinish {
-            size: 8,
-            reserved: 0,
-        };
-        luo.ioctl(
-            session,
-            LIVEUPDATE_SESSION_FINISH,
-            finish.as_mut_bytes(),
-            &mut kernel,
-        )
-        .expect("finish");
+        agent::finish(&mut luo, &mut kernel, fd, 0).expect("finish");
     }
 }

@@ -135,7 +135,7 @@ fn create_session_validates_names_and_capacity() {
     create_session(luo, k, &[b'n'; 63]).unwrap();
     assert_eq!(create_session(luo, k, &[b'n'; 63]), Err(Errno::EEXIST));
     // The kernel's fd table is full: nothing is created.
-    k.max_fds = k.fds.len();
+    k.max_fds = k.len();
     assert_eq!(create_session(luo, k, b"third"), Err(Errno::EMFILE));
     k.max_fds = 0;
     create_session(luo, k, b"third").unwrap();

@@ -1,13 +1,12 @@
 //! Shared harness: a simulated machine, ioctl helpers, a scripted test handler, and a "kexec"
 //! that moves a sealed image through simulated RAM into a fresh receiving kernel.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::cell::RefCell;
 
 use handover::handler::{Compatible, FileHandler};
 use handover::image::build::HandoverImage;
 use handover::incoming::{IncomingPages, IncomingStorage};
-use handover::kernel::SessionId;
 use handover::luo::{Incoming, IncomingFileSlot, IncomingSessionState, Limits, LiveUpdate, Target};
 use handover::memfd::{Memfd, MemfdFile, MemfdHandler};
 use handover::memmap::FrameRun;
@@ -158,97 +157,12 @@ pub fn name_field(name: &[u8]) -> [u8; 64] {
     field
 }
 
-pub fn create_session(luo: &mut Luo, k: &mut SimKernel, name: &[u8]) -> Result<i32, Errno> {
-    let mut arg = LiveupdateIoctlCreateSession {
-        size: 72,
-        fd: -1,
-        name: name_field(name),
-    };
-    luo.ioctl(
-        Target::Device,
-        LIVEUPDATE_IOCTL_CREATE_SESSION,
-        arg.as_mut_bytes(),
-        k,
-    )?;
-    Ok(arg.fd)
-}
-
-pub fn retrieve_session(luo: &mut Luo, k: &mut SimKernel, name: &[u8]) -> Result<i32, Errno> {
-    let mut arg = LiveupdateIoctlRetrieveSession {
-        size: 72,
-        fd: -1,
-        name: name_field(name),
-    };
-    luo.ioctl(
-        Target::Device,
-        LIVEUPDATE_IOCTL_RETRIEVE_SESSION,
-        arg.as_mut_bytes(),
-        k,
-    )?;
-    Ok(arg.fd)
-}
+pub use handover::fdtable::agent::{
+    close_session as close, create_session, finish, preserve_fd, retrieve_fd, retrieve_session,
+};
 
 pub fn session(k: &SimKernel, fd: i32) -> Target {
     Target::Session(k.session(fd).expect("session fd"))
-}
-
-pub fn preserve_fd(
-    luo: &mut Luo,
-    k: &mut SimKernel,
-    session_fd: i32,
-    fd: i32,
-    token: u64,
-) -> Result<(), Errno> {
-    let mut arg = LiveupdateSessionPreserveFd {
-        size: 16,
-        fd,
-        token,
-    };
-    let target = session(k, session_fd);
-    luo.ioctl(
-        target,
-        LIVEUPDATE_SESSION_PRESERVE_FD,
-        arg.as_mut_bytes(),
-        k,
-    )
-}
-
-pub fn retrieve_fd(
-    luo: &mut Luo,
-    k: &mut SimKernel,
-    session_fd: i32,
-    token: u64,
-) -> Result<i32, Errno> {
-    let mut arg = LiveupdateSessionRetrieveFd {
-        size: 16,
-        fd: -1,
-        token,
-    };
-    let target = session(k, session_fd);
-    luo.ioctl(
-        target,
-        LIVEUPDATE_SESSION_RETRIEVE_FD,
-        arg.as_mut_bytes(),
-        k,
-    )?;
-    Ok(arg.fd)
-}
-
-pub fn finish(
-    luo: &mut Luo,
-    k: &mut SimKernel,
-    session_fd: i32,
-    reserved: u32,
-) -> Result<(), Errno> {
-    let mut arg = LiveupdateSessionFinish { size: 8, reserved };
-    let target = session(k, session_fd);
-    luo.ioctl(target, LIVEUPDATE_SESSION_FINISH, arg.as_mut_bytes(), k)
-}
-
-pub fn close(luo: &mut Luo, k: &mut SimKernel, session_fd: i32) -> Result<(), Errno> {
-    let id: SessionId = k.session(session_fd).expect("session fd");
-    k.fds.remove(&session_fd);
-    luo.close_session(id, k)
 }
 
 // --- memfds ---------------------------------------------------------------------------------
