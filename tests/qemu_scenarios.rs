@@ -1,7 +1,7 @@
 //! One test per QEMU scenario: each builds the bare-metal images (once per process), boots the
 //! loader with the scenario's kernel-shim in QEMU and asserts the guest's pass verdict and
 //! QEMU's pass exit status. A missing QEMU or target is installed or reported as a failure,
-//! never skipped. Scenarios the guest does not implement yet are ignored with the reason.
+//! never skipped.
 
 fn assert_passes(name: &str) {
     let outcome = qemu_runner::run_for_test(name);
@@ -39,31 +39,26 @@ fn bad_elf() {
 }
 
 #[test]
-#[ignore = "needs the handover payload: not yet implemented in the guest"]
 fn basic() {
     assert_passes("basic");
 }
 
 #[test]
-#[ignore = "needs the handover payload: not yet implemented in the guest"]
 fn many() {
     assert_passes("many");
 }
 
 #[test]
-#[ignore = "needs the handover payload and a kexec chain: not yet implemented in the guest"]
 fn chain() {
     assert_passes("chain");
 }
 
 #[test]
-#[ignore = "needs the handover payload: not yet implemented in the guest"]
 fn unfinished() {
     assert_passes("unfinished");
 }
 
 #[test]
-#[ignore = "needs the handover payload: not yet implemented in the guest"]
 fn corrupt() {
     assert_passes("corrupt");
 }

@@ -8,10 +8,21 @@
 //! it declares the cold-boot scratch itself, as the loader does.
 
 use crate::incoming::{Blackout, early_avoid, inside_scratch};
+use crate::restore;
 use core::fmt;
+use handover::fdt;
+use handover::fdtable::agent;
+use handover::image::Handover;
+use handover::luo::{Limits, LiveUpdate};
+use handover::memfd::{MemfdHandler, MemfdRecord};
+use handover::tracker::PreservationTracker;
+use handover::{FormatError, FormatErrorKind, PhysAddr};
 use loader::handoff::{BootInfo, BootInfoError, InUseKind};
 use loader::image::{MAX_SCRATCH_RANGES, normalise_scratch};
 use loader::layout::{COLD_BOOT_SCRATCH, HEAP_PAGES};
+use loader::memory::{FilePages, ram_ranges};
+use loader::reboot::{Orchestrator, RebootContext, stage_kexec};
+use loader::workload::{self, Files, SessionSpec};
 use loader::{Handoff, KexecImage};
 use qemu_platform::addr::{MIB, PhysRange};
 use qemu_platform::cmdline::{Cmdline, CmdlineTooLong};
@@ -176,15 +187,95 @@ pub fn intake<E>(
 }
 
 /// The main function of both kernel-shim binaries.
+/// What intake found at the handover address: a validated image, already reserved, or the
+/// reason it was refused.
+// One value on the stack during early intake, before any heap exists: boxing the large
+// variant is not an option there.
+#[allow(clippy::large_enum_variant)]
+enum Received {
+    None,
+    Accepted(Handover<'static>),
+    Refused(FormatError),
+}
+
+/// The intake hook: find the handover through the `BootInfo`, validate it, and reserve what it
+/// preserves. Runs while only scratch may be allocated from: it allocates nothing at all.
+fn receive_handover(early: &mut EarlyMemory, info: &BootInfo) -> Received {
+    let Some(range) = info.handover() else {
+        return Received::None;
+    };
+    let blob = match handover_blob(range) {
+        Ok(blob) => blob,
+        Err(error) => return Received::Refused(error),
+    };
+    let ram = match info.memory_map() {
+        Ok(map) => ram_ranges(&map),
+        Err(_) => {
+            return Received::Refused(refusal(FormatErrorKind::OutsideRam, "boot memory map", 0));
+        }
+    };
+    match restore::receive(blob, &ram, |preserved| {
+        early.frames().reserve(preserved);
+    }) {
+        Ok(handover) => Received::Accepted(handover),
+        Err(error) => Received::Refused(error),
+    }
+}
+
+fn refusal(kind: FormatErrorKind, field: &'static str, value: u64) -> FormatError {
+    FormatError {
+        kind,
+        field,
+        offset: 0,
+        value,
+    }
+}
+
+/// The handover image's bytes: exactly `totalsize` of them, read in place.
+fn handover_blob(range: PhysRange) -> Result<&'static [u8], FormatError> {
+    let header = PhysRange::new(range.start(), 40)
+        .filter(|h| range.contains_range(*h) && phys::is_accessible(range));
+    let Some(header) = header else {
+        return Err(refusal(
+            FormatErrorKind::Truncated,
+            "handover range",
+            range.len_bytes(),
+        ));
+    };
+    // SAFETY: the range is identity mapped (checked above) and reserved at entry (intake
+    // avoids and reserves the handover image), so nothing writes it while the slice lives.
+    let total = fdt::total_size(unsafe { phys::slice(header) })?;
+    let blob = PhysRange::new(range.start(), total as u64)
+        .filter(|blob| range.contains_range(*blob))
+        .ok_or(refusal(
+            FormatErrorKind::BadHeader,
+            "header.totalsize",
+            total as u64,
+        ))?;
+    // SAFETY: as above; `blob` lies inside the checked range.
+    Ok(unsafe { phys::slice(blob) })
+}
+
+static MEMFD: MemfdHandler = MemfdHandler::new();
+
+/// The main function of both kernel-shim binaries.
 pub fn main(entry: &BootEntry) -> ! {
-    let intake = match intake(entry, |_, _| Ok::<(), core::convert::Infallible>(())) {
+    let mut received = Received::None;
+    let intake = match intake(entry, |early, info| {
+        received = receive_handover(early, info);
+        Ok::<(), core::convert::Infallible>(())
+    }) {
         Ok(intake) => intake,
         Err(error) => verdict_fail!("kernel-shim: intake failed: {error}"),
     };
     let ready_tsc = cpu::rdtsc();
     report(&intake, entry);
 
-    let scenario = intake.cmdline.get(SCENARIO_KEY).unwrap_or("");
+    // The scenario name, copied out so `intake` can move on.
+    let scenario: heapless::String<32> =
+        heapless::String::try_from(intake.cmdline.get(SCENARIO_KEY).unwrap_or(""))
+            .unwrap_or_default();
+    let scenario = scenario.as_str();
     let Some(blackout) = intake.blackout else {
         verdict_pass!(
             "kernel-shim booted cold by PVH (scenario {scenario:?}): no hand-off to check"
@@ -193,26 +284,448 @@ pub fn main(entry: &BootEntry) -> ! {
     let copy_us = blackout.micros(blackout.copy_cycles());
     let intake_us = blackout.micros(blackout.intake_cycles(ready_tsc));
     phase!(
-        "blackout: copy {copy_us} us ({} cycles), jump {} us, intake {intake_us} us (TSC {} MHz)",
+        "blackout: copy {copy_us} us ({} cycles), jump {} us, intake {intake_us} us ({} cycles, validating and reserving the handover included; TSC {} MHz)",
         blackout.copy_cycles(),
         blackout.micros(blackout.jump_cycles()),
+        blackout.intake_cycles(ready_tsc),
         blackout.tsc_hz / 1_000_000
     );
-    match scenario {
-        "relaunch" => relaunch(intake),
-        "empty" | "overlap" => {
-            if intake.handover.is_some() {
-                verdict_fail!(
-                    "scenario {scenario}: expected no handover image, got {:?}",
-                    intake.handover
-                );
-            }
+    let timing = alloc::format!("blackout copy {copy_us} us + intake {intake_us} us");
+    let handover = match (received, scenario) {
+        (Received::Refused(error), "corrupt") => {
+            phase!("handover refused: {error}");
             verdict_pass!(
-                "kexec into kernel-shim at {}: blackout copy {copy_us} us + intake {intake_us} us",
-                image_range().start()
+                "refused the damaged handover ({}), booted on without revival; every early allocation ({}) lay in scratch",
+                error.kind.describe(),
+                intake.early_used
             )
         }
-        other => verdict_fail!("scenario {other:?} is not implemented in the kernel-shim yet"),
+        (Received::Accepted(_), "corrupt") => {
+            verdict_fail!("corrupt: a damaged handover was accepted")
+        }
+        (Received::None, "relaunch") => relaunch(intake),
+        (Received::None, _) => verdict_fail!("scenario {scenario}: the loader left no handover"),
+        (Received::Refused(error), _) => verdict_fail!("handover refused: {error}"),
+        (Received::Accepted(handover), _) => handover,
+    };
+    let counts = handover.memory_map().counts();
+    phase!(
+        "handover: generation {}, {} sessions, {} files; {} pages preserved in {} runs, image {}; validated and reserved during intake",
+        handover.generation(),
+        handover.session_count(),
+        handover.file_count(),
+        counts.page_count,
+        counts.run_count,
+        handover.image_range()
+    );
+    let mut kernel = match Kernel::new(intake, handover) {
+        Ok(kernel) => kernel,
+        Err(error) => verdict_fail!("kernel-shim: {error}"),
+    };
+    match scenario {
+        "empty" => {
+            kernel.release_finished();
+            if handover.session_count() != 0 {
+                verdict_fail!(
+                    "empty: the handover has {} sessions",
+                    handover.session_count()
+                );
+            }
+            kernel.check_nothing_left();
+            verdict_pass!("nothing to restore: the handover held no session; {timing}")
+        }
+        "basic" | "overlap" => restore_all(kernel, &workload::basic(), &timing),
+        "many" => restore_all(kernel, &workload::many(), &timing),
+        "chain" => chain(kernel, &timing),
+        "unfinished" => unfinished(kernel, &timing),
+        other => verdict_fail!("scenario {other:?} does not expect a handover"),
+    }
+}
+
+/// A kernel that took a handover: its memory, its orchestrator and its file table.
+struct Kernel {
+    intake: Intake,
+    handover: Handover<'static>,
+    luo: &'static mut Orchestrator,
+    files: Files,
+}
+
+impl Kernel {
+    fn new(intake: Intake, handover: Handover<'static>) -> Result<Kernel, alloc::string::String> {
+        let ram = ram_ranges(&intake.memory_map);
+        let tracker = PreservationTracker::new(&ram, &intake.scratch)
+            .map_err(|e| alloc::format!("tracker: {e}"))?;
+        let luo: &'static mut Orchestrator = alloc::boxed::Box::leak(alloc::boxed::Box::new(
+            LiveUpdate::with_tracker(Limits::default(), tracker),
+        ));
+        luo.register_handler(&MEMFD)
+            .map_err(|e| alloc::format!("register memfd handler: {e}"))?;
+        restore::attach(handover, luo)
+            .map_err(|e| alloc::format!("attach the incoming sessions: {e}"))?;
+        Ok(Kernel {
+            intake,
+            handover,
+            luo,
+            files: Files::new(),
+        })
+    }
+
+    /// Frees what finishes released, and the image once every session is finished.
+    fn release_finished(&mut self) {
+        for run in core::mem::take(&mut self.files.released) {
+            if let Err(error) = self.intake.frames.free_range(run.range()) {
+                verdict_fail!("releasing {} of a finished session: {error}", run.range());
+            }
+        }
+        if self.luo.incoming().is_some_and(|i| i.is_complete()) {
+            let image = self.handover.image_range();
+            if let Err(error) = self.intake.frames.free_range(image) {
+                verdict_fail!("releasing the handover image {image}: {error}");
+            }
+        }
+    }
+
+    /// Every preserved page now belongs to a restored file: none is left unclaimed.
+    fn check_nothing_left(&self) {
+        let Some(incoming) = self.luo.incoming() else {
+            return;
+        };
+        let (claimed, total) = (
+            incoming.pages().claimed_blocks(),
+            incoming.pages().total_blocks(),
+        );
+        if claimed != total {
+            verdict_fail!(
+                "{} of {total} preserved blocks were never claimed by a file",
+                total - claimed
+            );
+        }
+    }
+
+    /// Free pages plus the pages restored files hold: constant along a chain unless a page
+    /// leaks.
+    fn accounted_pages(&self, fds: impl IntoIterator<Item = i32>) -> u64 {
+        self.intake.frames.free_page_count() + workload::file_pages(&self.files, fds)
+    }
+
+    /// Kexecs the next kernel (this image again, from the ELF passed on) with a handover.
+    fn kexec(mut self) -> ! {
+        let Some(initrd) = self
+            .intake
+            .initrd
+            .filter(|range| phys::is_accessible(*range))
+        else {
+            verdict_fail!(
+                "no usable ELF passed on as initrd ({:?})",
+                self.intake.initrd
+            )
+        };
+        // SAFETY: the initrd is identity mapped (checked above) and reserved (intake avoided
+        // and reserved it), so nothing writes it while we read it.
+        let elf = unsafe { phys::slice(initrd) };
+        let cmdline = self.intake.cmdline.as_bytes();
+        let handoff = Handoff {
+            handover: None,
+            initrd: Some(initrd),
+            cmdline,
+            tsc_hz: self.intake.tsc_hz,
+        };
+        let context = RebootContext {
+            luo: self.luo,
+            frames: &mut self.intake.frames,
+            scratch: &self.intake.scratch,
+            memory_map: &self.intake.memory_map,
+            elf,
+        };
+        match stage_kexec(context, handoff, |_, _| {}) {
+            Ok(staged) => {
+                phase!(
+                    "kexec: handover image {} (generation {}); jumping to {}",
+                    staged.handover,
+                    self.handover.generation() + 1,
+                    staged.ready.image().entry()
+                );
+                staged.ready.execute()
+            }
+            Err(error) => verdict_fail!("kexec refused: {error}"),
+        }
+    }
+}
+
+/// `basic`, `overlap`, `many`: retrieve every session, check every byte, finish, and account
+/// for every page.
+fn restore_all(mut kernel: Kernel, sessions: &[SessionSpec], timing: &str) -> ! {
+    let memory = phys::IdentityMap;
+    let mut fds = alloc::vec::Vec::new();
+    for session in sessions {
+        let retrieved =
+            match workload::retrieve_and_verify(session, kernel.luo, &mut kernel.files, &memory, 0)
+            {
+                Ok(retrieved) => retrieved,
+                Err(error) => verdict_fail!("restore: {error}"),
+            };
+        if let Err(errno) = agent::finish(kernel.luo, &mut kernel.files, retrieved.session_fd, 0) {
+            verdict_fail!("finish {:?}: {errno}", session.name.escape_ascii());
+        }
+        if let Err(errno) =
+            agent::close_session(kernel.luo, &mut kernel.files, retrieved.session_fd)
+        {
+            verdict_fail!("close {:?}: {errno}", session.name.escape_ascii());
+        }
+        fds.extend(retrieved.file_fds);
+    }
+    if kernel.handover.session_count() != sessions.len() {
+        verdict_fail!(
+            "the handover has {} sessions, expected {}",
+            kernel.handover.session_count(),
+            sessions.len()
+        );
+    }
+    kernel.check_nothing_left();
+    kernel.release_finished();
+    let image = kernel.handover.image_range();
+    if !kernel.intake.frames.is_free(image.start().frame()) {
+        verdict_fail!("the handover image {image} was not released after every session finished");
+    }
+    let file_count: usize = sessions.iter().map(|s| s.files.len()).sum();
+    verdict_pass!(
+        "restored {} sessions and {file_count} files, {} KiB, every byte verified; {} pages held by files, {} free; {timing}",
+        sessions.len(),
+        workload::total_bytes(sessions) / 1024,
+        workload::file_pages(&kernel.files, fds.iter().copied()),
+        kernel.intake.frames.free_page_count()
+    )
+}
+
+/// `chain`: kernel `h` of the chain (the handover's generation) checks the stamps of hops
+/// `1..h`, stamps hop `h`, checks that no page leaked since the first shim (free pages plus
+/// file pages stay constant), and kexecs the next kernel, until the tenth kexec.
+fn chain(mut kernel: Kernel, timing: &str) -> ! {
+    let hop = kernel.handover.generation();
+    let memory = phys::IdentityMap;
+    let (state, state_fd) = match workload::retrieve_state(
+        workload::CHAIN_STATE,
+        kernel.luo,
+        &mut kernel.files,
+        &memory,
+    ) {
+        Ok(state) => state,
+        Err(error) => verdict_fail!("chain: {error}"),
+    };
+    let (previous_hop, baseline) = (
+        state.first().copied().unwrap_or(u64::MAX),
+        state.get(1).copied().unwrap_or(0),
+    );
+    if previous_hop + 1 != hop {
+        verdict_fail!(
+            "chain: the state file says hop {previous_hop} came before, but this is generation {hop}"
+        );
+    }
+    let sessions = workload::chain();
+    let mut held = alloc::vec::Vec::new();
+    for session in &sessions {
+        let retrieved = match workload::retrieve_and_verify(
+            session,
+            kernel.luo,
+            &mut kernel.files,
+            &memory,
+            hop - 1,
+        ) {
+            Ok(retrieved) => retrieved,
+            Err(error) => verdict_fail!("chain hop {hop}: {error}"),
+        };
+        if let Err(errno) = agent::finish(kernel.luo, &mut kernel.files, retrieved.session_fd, 0)
+            .and_then(|()| {
+                agent::close_session(kernel.luo, &mut kernel.files, retrieved.session_fd)
+            })
+        {
+            verdict_fail!("chain hop {hop}: finish: {errno}");
+        }
+        held.push(retrieved.file_fds);
+    }
+    kernel.check_nothing_left();
+    kernel.release_finished();
+    // Change every file: stamp hop `hop`.
+    {
+        let mut pages = FilePages::new(&mut kernel.intake.frames, &kernel.intake.scratch);
+        let mut memory = phys::IdentityMap;
+        for (session, fds) in sessions.iter().zip(&held) {
+            for (spec, &fd) in session.files.iter().zip(fds) {
+                let stamped = kernel
+                    .files
+                    .object(fd)
+                    .and_then(|f| f.with(|m| spec.stamp(m, hop, &mut pages, &mut memory)));
+                if !matches!(stamped, Some(Ok(()))) {
+                    verdict_fail!(
+                        "chain hop {hop}: stamping file {:#x} failed: {stamped:?}",
+                        spec.token
+                    );
+                }
+            }
+        }
+    }
+    let all_fds = || held.iter().flatten().copied().chain([state_fd]);
+    let accounted = kernel.accounted_pages(all_fds());
+    phase!(
+        "chain hop {hop}: verified the stamps of hops 1..{hop}, stamped hop {hop}; {} free + {} file pages = {accounted} (baseline {baseline})",
+        kernel.intake.frames.free_page_count(),
+        workload::file_pages(&kernel.files, all_fds())
+    );
+    if hop > 1 && accounted != baseline {
+        verdict_fail!(
+            "chain hop {hop}: {accounted} pages accounted for, {baseline} at hop 1: {} pages leaked",
+            baseline as i64 - accounted as i64
+        );
+    }
+    if hop >= workload::CHAIN_LENGTH {
+        verdict_pass!(
+            "{hop} kexecs: every kernel verified, changed and re-preserved the files; free + file pages stayed {accounted} (no page leaked); last {timing}"
+        );
+    }
+    // Carry the state forward: this hop, and the baseline from hop 1.
+    let baseline = if hop == 1 { accounted } else { baseline };
+    let mut state_bytes = [0u8; 16];
+    state_bytes[..8].copy_from_slice(&hop.to_le_bytes());
+    state_bytes[8..].copy_from_slice(&baseline.to_le_bytes());
+    {
+        let mut pages = FilePages::new(&mut kernel.intake.frames, &kernel.intake.scratch);
+        let mut memory = phys::IdentityMap;
+        let written = kernel
+            .files
+            .object(state_fd)
+            .and_then(|f| f.with(|m| m.write_at(0, &state_bytes, &mut pages, &mut memory)));
+        if !matches!(written, Some(Ok(()))) {
+            verdict_fail!("chain hop {hop}: updating the state file failed: {written:?}");
+        }
+    }
+    for (session, fds) in sessions.iter().zip(&held) {
+        if let Err(error) = workload::preserve_again(session, fds, kernel.luo, &mut kernel.files) {
+            verdict_fail!("chain hop {hop}: {error}");
+        }
+    }
+    let state_session = SessionSpec {
+        name: workload::CHAIN_STATE.to_vec(),
+        files: alloc::vec![workload::state_file()],
+    };
+    if let Err(error) =
+        workload::preserve_again(&state_session, &[state_fd], kernel.luo, &mut kernel.files)
+    {
+        verdict_fail!("chain hop {hop}: {error}");
+    }
+    kernel.kexec()
+}
+
+/// `unfinished`: kernel 2 (generation 1) retrieves `kept` and never touches `abandoned`, noting
+/// where its pages are; kernel 3 (generation 2) finds those pages free.
+fn unfinished(mut kernel: Kernel, timing: &str) -> ! {
+    let memory = phys::IdentityMap;
+    let (kept, abandoned) = workload::unfinished();
+    match kernel.handover.generation() {
+        1 => {
+            // Where `abandoned`'s pages are, read from its records without retrieving it.
+            let mut ranges = alloc::vec::Vec::new();
+            let Some(view) = kernel.handover.find_session(&abandoned.name) else {
+                verdict_fail!("unfinished: no session \"abandoned\" in the handover")
+            };
+            for file in view.files() {
+                let record = match MemfdRecord::parse(file.record, file.handler.version) {
+                    Ok(record) => record,
+                    Err(error) => verdict_fail!("unfinished: {error}"),
+                };
+                for (_, phys, count) in record.extents() {
+                    ranges.extend_from_slice(&[phys.as_u64(), count]);
+                }
+            }
+            let retrieved = match workload::retrieve_and_verify(
+                &kept,
+                kernel.luo,
+                &mut kernel.files,
+                &memory,
+                0,
+            ) {
+                Ok(retrieved) => retrieved,
+                Err(error) => verdict_fail!("unfinished: {error}"),
+            };
+            if let Err(errno) =
+                agent::finish(kernel.luo, &mut kernel.files, retrieved.session_fd, 0).and_then(
+                    |()| agent::close_session(kernel.luo, &mut kernel.files, retrieved.session_fd),
+                )
+            {
+                verdict_fail!("unfinished: finish: {errno}");
+            }
+            kernel.release_finished();
+            if kernel.luo.incoming().is_some_and(|i| i.is_complete()) {
+                verdict_fail!("unfinished: an unretrieved session should keep the image");
+            }
+            phase!(
+                "unfinished: kept restored; \"abandoned\" ({} page ranges) left unretrieved, kexecing on",
+                ranges.len() / 2
+            );
+            if let Err(error) =
+                workload::preserve_again(&kept, &retrieved.file_fds, kernel.luo, &mut kernel.files)
+            {
+                verdict_fail!("unfinished: {error}");
+            }
+            let mut pages = FilePages::new(&mut kernel.intake.frames, &kernel.intake.scratch);
+            let mut memory = phys::IdentityMap;
+            if let Err(error) = workload::preserve_state(
+                workload::UNFINISHED_STATE,
+                &ranges,
+                kernel.luo,
+                &mut kernel.files,
+                &mut pages,
+                &mut memory,
+            ) {
+                verdict_fail!("unfinished: {error}");
+            }
+            kernel.kexec()
+        }
+        2 => {
+            if kernel.handover.find_session(&abandoned.name).is_some() {
+                verdict_fail!("unfinished: the session never retrieved was carried to kernel 3");
+            }
+            let (ranges, _) = match workload::retrieve_state(
+                workload::UNFINISHED_STATE,
+                kernel.luo,
+                &mut kernel.files,
+                &memory,
+            ) {
+                Ok(state) => state,
+                Err(error) => verdict_fail!("unfinished: {error}"),
+            };
+            let retrieved = match workload::retrieve_and_verify(
+                &kept,
+                kernel.luo,
+                &mut kernel.files,
+                &memory,
+                0,
+            ) {
+                Ok(retrieved) => retrieved,
+                Err(error) => verdict_fail!("unfinished: {error}"),
+            };
+            let _ = agent::finish(kernel.luo, &mut kernel.files, retrieved.session_fd, 0);
+            kernel.release_finished();
+            let mut checked = 0u64;
+            for pair in ranges.chunks_exact(2) {
+                let (start, count) = (pair[0], pair[1]);
+                for page in 0..count {
+                    let frame = PhysAddr::new(start + page * handover::PAGE_SIZE).frame();
+                    if !kernel.intake.frames.is_free(frame) {
+                        verdict_fail!(
+                            "unfinished: page {frame:?} of the abandoned session is not free in kernel 3"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+            if checked == 0 {
+                verdict_fail!("unfinished: no abandoned page to check");
+            }
+            verdict_pass!(
+                "the session kernel 2 never retrieved was released: its {checked} pages are free memory in kernel 3, and \"kept\" arrived intact; {timing}"
+            )
+        }
+        other => verdict_fail!("unfinished: unexpected generation {other}"),
     }
 }
 

@@ -20,10 +20,14 @@ pub mod elf;
 pub mod handoff;
 pub mod image;
 pub mod layout;
+pub mod memory;
 pub mod pagetable;
 pub mod plan;
 #[cfg(target_os = "none")]
+pub mod reboot;
+#[cfg(target_os = "none")]
 pub mod trampoline;
+pub mod workload;
 
 pub use handoff::{BootInfo, Handoff};
 pub use image::{KexecImage, LoadError, VerifyError};

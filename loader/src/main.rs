@@ -9,8 +9,14 @@
 
 #[cfg(target_os = "none")]
 mod kernel {
+    use handover::luo::{Limits, LiveUpdate};
+    use handover::memfd::MemfdHandler;
+    use handover::tracker::PreservationTracker;
     use loader::image::ShortDigest;
     use loader::layout::{COLD_BOOT_SCRATCH as SCRATCH, HEAP_PAGES};
+    use loader::memory::{FilePages, ram_ranges};
+    use loader::reboot::{Orchestrator, RebootContext, RebootError, stage_kexec};
+    use loader::workload::{self, Files, SessionSpec};
     use loader::{Handoff, KexecImage, PrepareError};
     use qemu_platform::addr::{MIB, PhysRange};
     use qemu_platform::frame::FrameAllocator;
@@ -90,16 +96,176 @@ mod kernel {
             tsc_hz,
         };
         match scenario {
-            // `relaunch` differs only in the next kernel, which kexecs itself again.
-            "empty" | "relaunch" => kexec(&loader, &mut frames, false),
-            "overlap" => kexec(&loader, &mut frames, true),
-            "bad-kernel" => bad_kernel(&loader, &mut frames),
+            // `relaunch` tests the jump alone: no handover, and the next kernel kexecs itself.
+            "relaunch" => kexec(&loader, &mut frames, false),
             "bad-elf" => bad_elf(&loader),
-            "basic" | "many" | "chain" | "unfinished" | "corrupt" => {
-                verdict_fail!("scenario {scenario} is not implemented in the guest yet")
+            "empty" => hand_over(&loader, &mut frames, &[], Tamper::None),
+            "basic" | "overlap" => {
+                hand_over(&loader, &mut frames, &workload::basic(), Tamper::None)
             }
+            "many" => hand_over(&loader, &mut frames, &workload::many(), Tamper::None),
+            "chain" => hand_over(&loader, &mut frames, &workload::chain(), Tamper::None),
+            "unfinished" => {
+                let (kept, abandoned) = workload::unfinished();
+                hand_over(&loader, &mut frames, &[kept, abandoned], Tamper::None)
+            }
+            "corrupt" => hand_over(&loader, &mut frames, &workload::basic(), Tamper::Image),
+            "bad-kernel" => hand_over(&loader, &mut frames, &workload::basic(), Tamper::Kernel),
             other => verdict_fail!("unknown scenario {other:?}"),
         }
+    }
+
+    /// What a scenario damages after the reboot step sealed everything.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Tamper {
+        None,
+        /// Flip one bit in the middle of the sealed handover image (`corrupt`).
+        Image,
+        /// Damage staged segment 0 of the next kernel after its digest (`bad-kernel`).
+        Kernel,
+    }
+
+    static MEMFD: MemfdHandler = MemfdHandler::new();
+
+    /// Plays the userspace agent (creates `sessions` through `/dev/liveupdate`, fills and
+    /// preserves their files), then kexecs with a handover.
+    fn hand_over(
+        loader: &Loader,
+        frames: &mut FrameAllocator<'static>,
+        sessions: &[SessionSpec],
+        tamper: Tamper,
+    ) -> ! {
+        let ram = ram_ranges(&loader.memory_map);
+        let tracker = match PreservationTracker::new(&ram, &[SCRATCH]) {
+            Ok(tracker) => tracker,
+            Err(error) => verdict_fail!("loader: tracker: {error}"),
+        };
+        let luo: &'static mut Orchestrator = alloc::boxed::Box::leak(alloc::boxed::Box::new(
+            LiveUpdate::with_tracker(Limits::default(), tracker),
+        ));
+        if let Err(errno) = luo.register_handler(&MEMFD) {
+            verdict_fail!("loader: register memfd handler: {errno}");
+        }
+        let mut files = Files::new();
+        let mut memory = phys::IdentityMap;
+        let scratch = [SCRATCH];
+        let mut pages = FilePages::new(frames, &scratch);
+        let created =
+            match workload::create_and_preserve(sessions, luo, &mut files, &mut pages, &mut memory)
+            {
+                Ok(created) => created,
+                Err(error) => verdict_fail!("loader: {error}"),
+            };
+        // A chain starts its state file: no hop done yet, no page-count baseline.
+        if sessions == workload::chain().as_slice()
+            && let Err(error) = workload::preserve_state(
+                workload::CHAIN_STATE,
+                &[0, 0],
+                luo,
+                &mut files,
+                &mut pages,
+                &mut memory,
+            )
+        {
+            verdict_fail!("loader: {error}");
+        }
+        let file_count: usize = sessions.iter().map(|s| s.files.len()).sum();
+        phase!(
+            "preserved {} sessions, {file_count} files, {} KiB of contents in {} pages",
+            sessions.len(),
+            workload::total_bytes(sessions) / 1024,
+            luo.tracker().map_or(0, |t| t.page_count())
+        );
+        let context = RebootContext {
+            luo: &mut *luo,
+            frames: &mut *frames,
+            scratch: &scratch,
+            memory_map: &loader.memory_map,
+            elf: module_bytes(loader),
+        };
+        let staged = stage_kexec(context, handoff(loader), |image, blob| match tamper {
+            Tamper::None => {}
+            Tamper::Image => {
+                let middle = blob.len() / 2;
+                if let Some(byte) = blob.get_mut(middle) {
+                    *byte ^= 0x10;
+                }
+                phase!("corrupt: flipped bit 4 of byte {middle} of the sealed handover image");
+            }
+            Tamper::Kernel => {
+                if let Some(dest) = image.damage_staged_segment(0) {
+                    phase!(
+                        "bad-kernel: damaged staged segment 0 (destination {dest}) after its digest was recorded"
+                    );
+                }
+            }
+        });
+        match (staged, tamper) {
+            (Ok(staged), Tamper::Kernel) => {
+                let _ = staged;
+                verdict_fail!("bad-kernel: the loader accepted a damaged kernel")
+            }
+            (Err(RebootError::Prepare(PrepareError::Verify(error))), Tamper::Kernel) => {
+                refused_kernel(luo, &files, sessions, &created, frames, &error)
+            }
+            (Err(error), _) => verdict_fail!("loader: kexec refused: {error}"),
+            (Ok(staged), _) => {
+                let plan = staged.ready.plan();
+                phase!(
+                    "handover image {} (generation 1); trampoline {}, boot info {}; loader stack {} KiB used; jumping to {}",
+                    staged.handover,
+                    plan.trampoline,
+                    plan.boot_info,
+                    boot_stack_used_bytes() / 1024,
+                    staged.ready.image().entry()
+                );
+                staged.ready.execute()
+            }
+        }
+    }
+
+    /// `bad-kernel`: the loader refused to jump and rolled the reboot step back. Prove the
+    /// outgoing state is intact: nothing frozen, exactly the files' pages preserved, every
+    /// byte of every file as written, and the sessions still open for business.
+    fn refused_kernel(
+        luo: &mut Orchestrator,
+        files: &Files,
+        sessions: &[SessionSpec],
+        created: &[workload::SessionFds],
+        frames: &FrameAllocator<'static>,
+        error: &loader::VerifyError,
+    ) -> ! {
+        phase!("loader refused to jump: {error}");
+        if luo.is_frozen() {
+            verdict_fail!("bad-kernel: sessions still frozen after the rollback");
+        }
+        let mut all_fds = alloc::vec::Vec::new();
+        for (session, fds) in sessions.iter().zip(created) {
+            if let Err(mismatch) =
+                workload::verify_held(session, &fds.file_fds, files, &phys::IdentityMap, 0)
+            {
+                verdict_fail!("bad-kernel: state damaged by the rollback: {mismatch}");
+            }
+            all_fds.extend(fds.file_fds.iter().copied());
+        }
+        let preserved = luo.tracker().map_or(0, |t| t.page_count());
+        let held = workload::file_pages(files, all_fds.iter().copied());
+        if preserved != held {
+            verdict_fail!("bad-kernel: {preserved} pages preserved but the files hold {held}");
+        }
+        let mut probe = Files::new();
+        match handover::fdtable::agent::create_session(luo, &mut probe, b"after-rollback") {
+            Ok(_) => {}
+            Err(errno) => {
+                verdict_fail!("bad-kernel: sessions not usable after the rollback: {errno}")
+            }
+        }
+        verdict_pass!(
+            "loader refused the damaged kernel (segment {} digest mismatch), rolled the reboot step back and re-verified {} files ({held} pages preserved, {} free)",
+            error.segment,
+            all_fds.len(),
+            frames.free_page_count()
+        )
     }
 
     fn module_bytes(loader: &Loader) -> &'static [u8] {
@@ -180,28 +346,6 @@ mod kernel {
             ready.image().entry()
         );
         ready.execute()
-    }
-
-    fn bad_kernel(loader: &Loader, frames: &mut FrameAllocator<'static>) -> ! {
-        let mut image = load(loader, module_bytes(loader));
-        describe(&image);
-        let Some(dest) = image.damage_staged_segment(0) else {
-            verdict_fail!("bad-kernel: the next kernel has no segment to damage")
-        };
-        phase!("damaged staged segment 0 (destination {dest}) after its digest was recorded");
-        let handoff = handoff(loader);
-        match image.prepare(&handoff, frames) {
-            Err(PrepareError::Verify(error)) => {
-                phase!("loader refused to jump: {error}");
-                verdict_pass!(
-                    "loader refused the damaged kernel: segment {} (program header {}) digest mismatch",
-                    error.segment,
-                    error.phdr_index
-                )
-            }
-            Err(other) => verdict_fail!("bad-kernel: expected a digest mismatch, got: {other}"),
-            Ok(_) => verdict_fail!("bad-kernel: the loader accepted a damaged kernel"),
-        }
     }
 
     /// One malformation of the good ELF and the field whose rejection it must cause.

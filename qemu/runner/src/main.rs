@@ -12,7 +12,7 @@
 //! Exit status 0 exactly when every requested scenario passed; 1 when one failed or the
 //! runner could not run; 2 on a usage error.
 
-use qemu_runner::scenario::{DEFAULT_SCENARIO, GuestSupport, SCENARIOS, Scenario, find};
+use qemu_runner::scenario::{DEFAULT_SCENARIO, SCENARIOS, Scenario, find};
 use qemu_runner::{Options, Progress, Runner};
 use std::process::ExitCode;
 
@@ -21,12 +21,8 @@ fn usage() -> String {
         "usage: cargo qemu [--kvm] [-v] [--all | NAME...]\n       cargo qemu --list\n\nscenarios:\n",
     );
     for scenario in SCENARIOS {
-        let status = match scenario.support {
-            GuestSupport::Implemented => "",
-            GuestSupport::NotYetImplemented => " (not yet implemented in the guest)",
-        };
         text.push_str(&format!(
-            "  {:<12} {}{status}\n",
+            "  {:<12} {}\n",
             scenario.name, scenario.description
         ));
     }

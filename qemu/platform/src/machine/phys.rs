@@ -79,3 +79,31 @@ impl PhysReader for IdentityMap {
         Ok(())
     }
 }
+
+/// The handover core's byte access to physical memory, through the identity map: what the
+/// memfd handler reads and writes file pages with.
+impl handover::kernel::PhysMemory for IdentityMap {
+    fn read(&self, addr: PhysAddr, buf: &mut [u8]) {
+        // Same access as `PhysReader::read`; the core's contract is that callers only name
+        // memory they own, so an unmapped address is a caller bug.
+        let result = PhysReader::read(self, addr, buf);
+        debug_assert!(result.is_ok(), "read of unmapped {addr}");
+    }
+
+    fn write(&mut self, addr: PhysAddr, data: &[u8]) {
+        let Some(range) = PhysRange::new(addr, data.len() as u64) else {
+            return;
+        };
+        if !is_accessible(range) {
+            debug_assert!(false, "write to unmapped {range}");
+            return;
+        }
+        // SAFETY: the range is mapped (checked above), and the core's `PhysMemory` contract is
+        // that callers only write pages they own (a file's own pages), so nothing else holds a
+        // reference to these bytes; `data` is a Rust slice, distinct from physical pages the
+        // allocator handed out to a file.
+        unsafe {
+            core::ptr::copy_nonoverlapping(data.as_ptr(), pointer(addr), data.len());
+        }
+    }
+}
