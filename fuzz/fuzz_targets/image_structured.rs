@@ -6,10 +6,12 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use handover::image::build::{FileDraft, HandlerDraft, HandoverImage, ImageParts, SessionDraft, build_image};
+use handover::Handover;
+use handover::image::build::{
+    FileDraft, HandlerDraft, HandoverImage, ImageParts, SessionDraft, build_image,
+};
 use handover::image::schema::SessionName;
 use handover::memmap::FrameRun;
-use handover::Handover;
 use handover_fuzz::*;
 use libfuzzer_sys::fuzz_target;
 
@@ -56,7 +58,9 @@ fuzz_target!(|input: Input| {
             break;
         }
         match runs.last_mut() {
-            Some(last) if last.order == order && last.end_frame() == first => last.block_count += count,
+            Some(last) if last.order == order && last.end_frame() == first => {
+                last.block_count += count
+            }
             _ => runs.push(FrameRun::new(first, count, order)),
         }
         cursor = end;
@@ -65,7 +69,10 @@ fuzz_target!(|input: Input| {
     for &(name, version) in input.handlers.iter().take(HANDLER_NAMES.len()) {
         let name = HANDLER_NAMES[usize::from(name) % HANDLER_NAMES.len()];
         if !handlers.iter().any(|h| h.name == name) {
-            handlers.push(HandlerDraft { name, version: u32::from(version % 4) + 1 });
+            handlers.push(HandlerDraft {
+                name,
+                version: u32::from(version % 4) + 1,
+            });
         }
     }
     let mut sessions = Vec::new();
@@ -73,7 +80,9 @@ fuzz_target!(|input: Input| {
     let mut records = Vec::new();
     let mut names = std::collections::BTreeSet::new();
     for spec in &input.sessions {
-        let Some(name) = SessionName::new(&spec.name) else { continue };
+        let Some(name) = SessionName::new(&spec.name) else {
+            continue;
+        };
         if !names.insert(name) {
             continue;
         }
@@ -86,9 +95,16 @@ fuzz_target!(|input: Input| {
             let start = records.len();
             records.extend_from_slice(&file.record);
             let handler = usize::from(file.handler) % handlers.len();
-            files.push(FileDraft { token: file.token, handler, record: start..records.len() });
+            files.push(FileDraft {
+                token: file.token,
+                handler,
+                record: start..records.len(),
+            });
         }
-        sessions.push(SessionDraft { name, files: first..files.len() });
+        sessions.push(SessionDraft {
+            name,
+            files: first..files.len(),
+        });
     }
     let parts = ImageParts {
         generation: input.generation,

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use arbitrary::Arbitrary;
 use handover::image::build::HandoverImage;
 use handover::incoming::IncomingStorage;
-use handover::luo::{Incoming, IncomingFileSlot, IncomingSessionState, LiveUpdate, Limits, Target};
+use handover::luo::{Incoming, IncomingFileSlot, IncomingSessionState, Limits, LiveUpdate, Target};
 use handover::memfd::{Memfd, MemfdFile, MemfdHandler};
 use handover::sim::{SimFrames, SimKernel, SimObject, SimRam};
 use handover::tracker::PreservationTracker;
@@ -39,44 +39,96 @@ fn incoming_image() -> &'static HandoverImage {
         let (ram, scratch, area) = layout();
         let mut memory = SimRam::new(&ram);
         let mut frames = SimFrames::new(area);
-        let mut luo: LiveUpdate<SimObject> =
-            LiveUpdate::with_tracker(Limits::default(), PreservationTracker::new(&ram, &scratch).unwrap());
+        let mut luo: LiveUpdate<SimObject> = LiveUpdate::with_tracker(
+            Limits::default(),
+            PreservationTracker::new(&ram, &scratch).unwrap(),
+        );
         luo.register_handler(&MEMFD).unwrap();
         let mut kernel = SimKernel::new();
         for (name, tokens) in [(&b"a"[..], &[1u64, 2, 3][..]), (b"b", &[7])] {
             let fd = create(&mut luo, &mut kernel, name).unwrap();
             for &token in tokens {
                 let mut memfd = Memfd::new();
-                memfd.write_at(0, &[token as u8; 5000], &mut frames, &mut memory).unwrap();
+                memfd
+                    .write_at(0, &[token as u8; 5000], &mut frames, &mut memory)
+                    .unwrap();
                 let object = kernel.open(SimObject::Memfd(MemfdFile::new(memfd)));
-                let mut arg = LiveupdateSessionPreserveFd { size: 16, fd: object, token };
+                let mut arg = LiveupdateSessionPreserveFd {
+                    size: 16,
+                    fd: object,
+                    token,
+                };
                 let target = Target::Session(kernel.session(fd).unwrap());
-                luo.ioctl(target, LIVEUPDATE_SESSION_PRESERVE_FD, arg.as_mut_bytes(), &mut kernel).unwrap();
+                luo.ioctl(
+                    target,
+                    LIVEUPDATE_SESSION_PRESERVE_FD,
+                    arg.as_mut_bytes(),
+                    &mut kernel,
+                )
+                .unwrap();
             }
         }
         let plan = luo.prepare_reboot().unwrap();
-        luo.build_image(&plan, |pages| frames.allocate_contiguous(pages)).unwrap()
+        luo.build_image(&plan, |pages| frames.allocate_contiguous(pages))
+            .unwrap()
     })
 }
 
-fn create(luo: &mut LiveUpdate<SimObject>, kernel: &mut SimKernel, name: &[u8]) -> Result<i32, Errno> {
+fn create(
+    luo: &mut LiveUpdate<SimObject>,
+    kernel: &mut SimKernel,
+    name: &[u8],
+) -> Result<i32, Errno> {
     let mut field = [0u8; 64];
     field[..name.len().min(64)].copy_from_slice(&name[..name.len().min(64)]);
-    let mut arg = LiveupdateIoctlCreateSession { size: 72, fd: -1, name: field };
-    luo.ioctl(Target::Device, LIVEUPDATE_IOCTL_CREATE_SESSION, arg.as_mut_bytes(), kernel)?;
+    let mut arg = LiveupdateIoctlCreateSession {
+        size: 72,
+        fd: -1,
+        name: field,
+    };
+    luo.ioctl(
+        Target::Device,
+        LIVEUPDATE_IOCTL_CREATE_SESSION,
+        arg.as_mut_bytes(),
+        kernel,
+    )?;
     Ok(arg.fd)
 }
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Create { name: [u8; 4], len: u8 },
-    Retrieve { name: u8 },
-    Preserve { session: u8, object: u8, token: u8 },
-    RetrieveFd { session: u8, token: u8 },
-    Finish { session: u8, reserved: u8 },
-    Raw { session: Option<u8>, nr: u8, kind: u8, arg: Vec<u8> },
-    Close { session: u8 },
-    NewMemfd { len: u16 },
+    Create {
+        name: [u8; 4],
+        len: u8,
+    },
+    Retrieve {
+        name: u8,
+    },
+    Preserve {
+        session: u8,
+        object: u8,
+        token: u8,
+    },
+    RetrieveFd {
+        session: u8,
+        token: u8,
+    },
+    Finish {
+        session: u8,
+        reserved: u8,
+    },
+    Raw {
+        session: Option<u8>,
+        nr: u8,
+        kind: u8,
+        arg: Vec<u8>,
+    },
+    Close {
+        session: u8,
+    },
+    NewMemfd {
+        len: u16,
+    },
     NewPlain,
     Reboot,
     Abort,
@@ -95,14 +147,21 @@ struct Snapshot {
 
 fuzz_target!(|ops: Vec<Op>| {
     let (ram, scratch, area) = layout();
-    let handover = Handover::parse(incoming_image().as_bytes()).expect("the incoming image is valid");
+    let handover =
+        Handover::parse(incoming_image().as_bytes()).expect("the incoming image is valid");
     let mut storage = IncomingStorage::for_map(&handover.memory_map());
     let mut states = vec![IncomingSessionState::default(); handover.session_count()];
-    let mut slots: Vec<IncomingFileSlot<SimObject>> = (0..handover.file_count()).map(|_| IncomingFileSlot::new()).collect();
+    let mut slots: Vec<IncomingFileSlot<SimObject>> = (0..handover.file_count())
+        .map(|_| IncomingFileSlot::new())
+        .collect();
     let pages = storage.pages(&handover.memory_map()).unwrap();
     let incoming = Incoming::new(handover, pages, &mut states, &mut slots).unwrap();
-    let limits = Limits { max_sessions: 4, max_files_per_session: 3 };
-    let mut luo: LiveUpdate<SimObject> = LiveUpdate::with_tracker(limits, PreservationTracker::new(&ram, &scratch).unwrap());
+    let limits = Limits {
+        max_sessions: 4,
+        max_files_per_session: 3,
+    };
+    let mut luo: LiveUpdate<SimObject> =
+        LiveUpdate::with_tracker(limits, PreservationTracker::new(&ram, &scratch).unwrap());
     luo.register_handler(&MEMFD).unwrap();
     luo.attach_incoming(incoming);
     let mut kernel = SimKernel::new();
@@ -129,22 +188,48 @@ fuzz_target!(|ops: Vec<Op>| {
         let before = snapshot(&luo, &kernel);
         let outcome: Result<(), Errno> = match op {
             Op::Create { name, len } => {
-                create(&mut luo, &mut kernel, &name[..usize::from(*len) % 5]).map(|fd| sessions.push(fd))
+                create(&mut luo, &mut kernel, &name[..usize::from(*len) % 5])
+                    .map(|fd| sessions.push(fd))
             }
             Op::Retrieve { name } => {
                 let names: [&[u8]; 3] = [b"a", b"b", b"c"];
                 let mut field = [0u8; 64];
                 let name = names[usize::from(*name) % 3];
                 field[..name.len()].copy_from_slice(name);
-                let mut arg = LiveupdateIoctlRetrieveSession { size: 72, fd: -1, name: field };
-                luo.ioctl(Target::Device, LIVEUPDATE_IOCTL_RETRIEVE_SESSION, arg.as_mut_bytes(), &mut kernel)
-                    .map(|()| sessions.push(arg.fd))
+                let mut arg = LiveupdateIoctlRetrieveSession {
+                    size: 72,
+                    fd: -1,
+                    name: field,
+                };
+                luo.ioctl(
+                    Target::Device,
+                    LIVEUPDATE_IOCTL_RETRIEVE_SESSION,
+                    arg.as_mut_bytes(),
+                    &mut kernel,
+                )
+                .map(|()| sessions.push(arg.fd))
             }
-            Op::Preserve { session, object, token } => {
-                let (Some(s), Some(o)) = (pick(&sessions, *session), pick(&objects, *object)) else { continue };
+            Op::Preserve {
+                session,
+                object,
+                token,
+            } => {
+                let (Some(s), Some(o)) = (pick(&sessions, *session), pick(&objects, *object))
+                else {
+                    continue;
+                };
                 let target = Target::Session(kernel.session(s).unwrap());
-                let mut arg = LiveupdateSessionPreserveFd { size: 16, fd: o, token: u64::from(*token % 4) };
-                let result = luo.ioctl(target, LIVEUPDATE_SESSION_PRESERVE_FD, arg.as_mut_bytes(), &mut kernel);
+                let mut arg = LiveupdateSessionPreserveFd {
+                    size: 16,
+                    fd: o,
+                    token: u64::from(*token % 4),
+                };
+                let result = luo.ioctl(
+                    target,
+                    LIVEUPDATE_SESSION_PRESERVE_FD,
+                    arg.as_mut_bytes(),
+                    &mut kernel,
+                );
                 if result.is_ok()
                     && let Some(file) = kernel.object(o).and_then(|obj| obj.memfd()).cloned()
                 {
@@ -153,18 +238,44 @@ fuzz_target!(|ops: Vec<Op>| {
                 result
             }
             Op::RetrieveFd { session, token } => {
-                let Some(s) = pick(&sessions, *session) else { continue };
+                let Some(s) = pick(&sessions, *session) else {
+                    continue;
+                };
                 let target = Target::Session(kernel.session(s).unwrap());
-                let mut arg = LiveupdateSessionRetrieveFd { size: 16, fd: -1, token: u64::from(*token % 9) };
-                luo.ioctl(target, LIVEUPDATE_SESSION_RETRIEVE_FD, arg.as_mut_bytes(), &mut kernel)
+                let mut arg = LiveupdateSessionRetrieveFd {
+                    size: 16,
+                    fd: -1,
+                    token: u64::from(*token % 9),
+                };
+                luo.ioctl(
+                    target,
+                    LIVEUPDATE_SESSION_RETRIEVE_FD,
+                    arg.as_mut_bytes(),
+                    &mut kernel,
+                )
             }
             Op::Finish { session, reserved } => {
-                let Some(s) = pick(&sessions, *session) else { continue };
+                let Some(s) = pick(&sessions, *session) else {
+                    continue;
+                };
                 let target = Target::Session(kernel.session(s).unwrap());
-                let mut arg = LiveupdateSessionFinish { size: 8, reserved: u32::from(*reserved % 2) };
-                luo.ioctl(target, LIVEUPDATE_SESSION_FINISH, arg.as_mut_bytes(), &mut kernel)
+                let mut arg = LiveupdateSessionFinish {
+                    size: 8,
+                    reserved: u32::from(*reserved % 2),
+                };
+                luo.ioctl(
+                    target,
+                    LIVEUPDATE_SESSION_FINISH,
+                    arg.as_mut_bytes(),
+                    &mut kernel,
+                )
             }
-            Op::Raw { session, nr, kind, arg } => {
+            Op::Raw {
+                session,
+                nr,
+                kind,
+                arg,
+            } => {
                 let target = match session {
                     Some(i) => match pick(&sessions, *i) {
                         Some(s) => Target::Session(kernel.session(s).unwrap()),
@@ -172,14 +283,22 @@ fuzz_target!(|ops: Vec<Op>| {
                     },
                     None => Target::Device,
                 };
-                let cmd = ioc(u32::from(kind >> 6), 0xB9 + u32::from(kind & 3), u32::from(*nr), u32::from(kind >> 2 & 15));
+                let cmd = ioc(
+                    u32::from(kind >> 6),
+                    0xB9 + u32::from(kind & 3),
+                    u32::from(*nr),
+                    u32::from(kind >> 2 & 15),
+                );
                 let mut buffer = arg.clone();
                 let result = luo.ioctl(target, cmd, &mut buffer, &mut kernel);
                 if result.is_err() {
                     assert_eq!(&buffer, arg, "a rejected ioctl wrote to its argument");
                 }
                 if let (Ok(()), Target::Device) = (result, target)
-                    && let Ok(fd) = buffer.get(4..8).map(|b| i32::from_le_bytes(b.try_into().unwrap())).ok_or(())
+                    && let Ok(fd) = buffer
+                        .get(4..8)
+                        .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+                        .ok_or(())
                     && kernel.session(fd).is_some()
                 {
                     sessions.push(fd);
@@ -187,7 +306,9 @@ fuzz_target!(|ops: Vec<Op>| {
                 result
             }
             Op::Close { session } => {
-                let Some(s) = pick(&sessions, *session) else { continue };
+                let Some(s) = pick(&sessions, *session) else {
+                    continue;
+                };
                 let id = kernel.session(s).unwrap();
                 let result = luo.close_session(id, &mut kernel);
                 if !id.is_incoming() && result.is_ok() {
@@ -202,7 +323,15 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::NewMemfd { len } => {
                 let mut memfd = Memfd::new();
-                if memfd.write_at(0, &vec![7u8; usize::from(*len % 9000)], &mut frames, &mut memory).is_ok() {
+                if memfd
+                    .write_at(
+                        0,
+                        &vec![7u8; usize::from(*len % 9000)],
+                        &mut frames,
+                        &mut memory,
+                    )
+                    .is_ok()
+                {
                     objects.push(kernel.open(SimObject::Memfd(MemfdFile::new(memfd))));
                 }
                 continue;
@@ -219,9 +348,19 @@ fuzz_target!(|ops: Vec<Op>| {
         };
         let after = snapshot(&luo, &kernel);
         if outcome.is_err() {
-            assert_eq!(before, after, "{op:?} failed with {outcome:?} but changed state");
+            assert_eq!(
+                before, after,
+                "{op:?} failed with {outcome:?} but changed state"
+            );
         }
-        let expected: u64 = preserved.values().flatten().map(|f| f.with(|m| m.populated_pages() as u64).unwrap()).sum();
-        assert_eq!(after.preserved_pages, expected, "preserved pages leaked or lost");
+        let expected: u64 = preserved
+            .values()
+            .flatten()
+            .map(|f| f.with(|m| m.populated_pages() as u64).unwrap())
+            .sum();
+        assert_eq!(
+            after.preserved_pages, expected,
+            "preserved pages leaked or lost"
+        );
     }
 });

@@ -17,14 +17,28 @@ enum Input {
     Raw { version: u8, record: Vec<u8> },
     /// A record assembled from fields, so extents reach the checks and the claims: (file page
     /// step, physical page in the preserved area, page count) per extent.
-    Fields { version: u8, pos: u64, size_pages: u16, seals: u8, flags: u8, extents: Vec<(u8, u16, u8)> },
+    Fields {
+        version: u8,
+        pos: u64,
+        size_pages: u16,
+        seals: u8,
+        flags: u8,
+        extents: Vec<(u8, u16, u8)>,
+    },
 }
 
 impl Input {
     fn bytes(&self) -> (u32, Vec<u8>) {
         match self {
             Input::Raw { version, record } => (u32::from(version % 4), record.clone()),
-            Input::Fields { version, pos, size_pages, seals, flags, extents } => {
+            Input::Fields {
+                version,
+                pos,
+                size_pages,
+                seals,
+                flags,
+                extents,
+            } => {
                 let version = u32::from(version % 2) + 1;
                 let mut out = Vec::new();
                 out.extend_from_slice(&pos.to_le_bytes());
@@ -65,7 +79,16 @@ fuzz_target!(|input: Input| {
     // A machine whose RAM [1 MiB, 257 MiB) is entirely preserved as order-0 pages.
     let ram = [PhysRange::new(PhysAddr::new(1 << 20), 256 << 20).unwrap()];
     let runs = [FrameRun::new(256, 65536 - 256 - 16, 0)];
-    let parts = ImageParts { generation: 1, ram: &ram, scratch: &[], runs: &runs, handlers: &[], sessions: &[], files: &[], records: &[] };
+    let parts = ImageParts {
+        generation: 1,
+        ram: &ram,
+        scratch: &[],
+        runs: &runs,
+        handlers: &[],
+        sessions: &[],
+        files: &[],
+        records: &[],
+    };
     let image = build_image(&parts, |_| Some(PhysAddr::new(256 << 20))).unwrap();
     let handover = Handover::parse(image.as_bytes()).unwrap();
     let mut storage = IncomingStorage::for_map(&handover.memory_map());
@@ -74,7 +97,10 @@ fuzz_target!(|input: Input| {
         Ok(memfd) => {
             assert_eq!(pages.claimed_blocks(), record.page_count());
             assert_eq!(memfd.populated_pages() as u64, record.page_count());
-            assert_eq!((memfd.size(), memfd.position(), memfd.seals()), (record.size, record.pos, record.seals));
+            assert_eq!(
+                (memfd.size(), memfd.position(), memfd.seals()),
+                (record.size, record.pos, record.seals)
+            );
         }
         Err(_) => assert_eq!(pages.claimed_blocks(), 0, "a refused restore claimed pages"),
     }

@@ -15,7 +15,11 @@ fuzz_target!(|stream: &[u8]| {
     let scratch = [PhysRange::new(PhysAddr::new(1 << 30), 1 << 24).unwrap()];
     let image = PhysRange::new(PhysAddr::new(1 << 31), 1 << 16).unwrap();
     let (ram, scratch) = (&ram[..], &scratch[..]);
-    let bounds = MapBounds { ram: &ram, scratch: &scratch, image };
+    let bounds = MapBounds {
+        ram: &ram,
+        scratch: &scratch,
+        image,
+    };
     let Ok(counts) = memmap::validate(stream, &bounds) else {
         return;
     };
@@ -31,8 +35,15 @@ fuzz_target!(|stream: &[u8]| {
         pages += run.page_count();
     })
     .expect("a validated stream walks");
-    assert_eq!((runs, blocks, pages), (counts.run_count, counts.block_count, counts.page_count));
+    assert_eq!(
+        (runs, blocks, pages),
+        (counts.run_count, counts.block_count, counts.page_count)
+    );
     let mut merged = Vec::new();
     memmap::walk_merged(stream, |run| merged.push(run)).unwrap();
-    assert_eq!(memmap::encode(&merged).expect("walk output encodes"), stream, "not canonical");
+    assert_eq!(
+        memmap::encode(&merged).expect("walk output encodes"),
+        stream,
+        "not canonical"
+    );
 });

@@ -3,9 +3,9 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
+use handover::Handover;
 use handover::image::build::{HandlerDraft, write_tree};
 use handover::image::schema::RangeEntry;
-use handover::Handover;
 use handover_fuzz::*;
 use libfuzzer_sys::fuzz_target;
 
@@ -23,10 +23,15 @@ fuzz_target!(|input: Input| {
     let names = ["alpha", "beta", "memfd"];
     let count = input.records.len().min(names.len());
     let handlers: Vec<HandlerDraft> = (0..count)
-        .map(|i| HandlerDraft { name: names[i], version: u32::from(input.versions[i]) })
+        .map(|i| HandlerDraft {
+            name: names[i],
+            version: u32::from(input.versions[i]),
+        })
         .collect();
     let values = values(&ram, &scratch, &input.sessions, &input.files, &handlers);
-    let image = seal(write_tree(&values, |node, out| out.extend_from_slice(&input.records[node])));
+    let image = seal(write_tree(&values, |node, out| {
+        out.extend_from_slice(&input.records[node])
+    }));
     if Handover::parse(image.as_bytes()).is_ok() {
         handover::sim::check_accepted(image.as_bytes());
     }

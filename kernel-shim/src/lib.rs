@@ -6,9 +6,9 @@
 //!   allocator runs (its documentation has a worked example);
 //! - [`incoming`]: pure helpers over the loader's `BootInfo` (blackout timing, what early
 //!   allocation must avoid), host-tested;
-//! - `kernel` (bare metal only): [`kernel::intake`] turns the entry registers into a running
+//! - `kernel` (bare metal only): `kernel::intake` turns the entry registers into a running
 //!   kernel (validated `BootInfo`, early memory in scratch, frame allocator, heap) and
-//!   [`kernel::main`] is the image's main function (both `kernel-shim` binaries).
+//!   `kernel::main` is the image's main function (both `kernel-shim` binaries).
 //!
 //! The shim can kexec again: it links the `loader` library (`loader::reboot::stage_kexec` runs
 //! the reboot step, writes the handover and stages the jump), and the `Intake` it builds holds
