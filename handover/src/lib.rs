@@ -65,6 +65,7 @@ extern crate alloc;
 pub mod addr;
 #[cfg(feature = "alloc")]
 pub mod aligned;
+mod bitruns;
 pub mod crc32c;
 pub mod error;
 pub mod fdt;

@@ -31,6 +31,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{PAGE_SHIFT, PAGE_SIZE, PFN_LIMIT, PhysAddr, PhysRange, RangeList};
+use crate::bitruns::RunScanner;
 
 /// The largest block order the map (and the tracker) accepts: 2^30 pages, 4 TiB.
 pub const MAX_ORDER: u8 = 30;
@@ -345,45 +346,13 @@ fn bitmap_word(bytes: &[u8], index: usize) -> u64 {
 /// Calls `visit(offset, length)` for every maximal run of set bits of a bitmap of `bits` bits.
 #[inline(always)]
 fn for_each_bit_run(bytes: &[u8], bits: u64, mut visit: impl FnMut(u64, u64)) {
-    let words = bytes.len().div_ceil(8);
-    let mut open: Option<u64> = None;
-    for (index, base) in (0..words).zip((0u64..).step_by(64)) {
-        let word = bitmap_word(bytes, index);
-        if (word == 0 && open.is_none()) || (word == u64::MAX && open.is_some()) {
-            continue;
-        }
-        let mut consumed = 0u32;
-        loop {
-            let above = if consumed >= 64 {
-                0
-            } else {
-                u64::MAX << consumed
-            };
-            match open {
-                Some(start) => {
-                    let zeros = !word & above;
-                    if zeros == 0 {
-                        break;
-                    }
-                    consumed = zeros.trailing_zeros();
-                    let end = base.wrapping_add(u64::from(consumed));
-                    open = None;
-                    visit(start, end.wrapping_sub(start));
-                }
-                None => {
-                    let ones = word & above;
-                    if ones == 0 {
-                        break;
-                    }
-                    consumed = ones.trailing_zeros();
-                    open = Some(base.wrapping_add(u64::from(consumed)));
-                }
-            }
-        }
+    let mut scanner = RunScanner::default();
+    for (index, base) in (0..bytes.len().div_ceil(8)).zip((0u64..).step_by(64)) {
+        scanner.word(base, bitmap_word(bytes, index), |start, end| {
+            visit(start, end.wrapping_sub(start))
+        });
     }
-    if let Some(start) = open {
-        visit(start, bits.wrapping_sub(start));
-    }
+    scanner.close(bits, |start, end| visit(start, end.wrapping_sub(start)));
 }
 
 /// What an item holds: blocks, runs and span (in blocks from its first block).

@@ -19,6 +19,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{PAGE_SHIFT, PFN_LIMIT, PageFrame, PhysAddr, PhysRange, is_canonical_range_list};
+use crate::bitruns::RunScanner;
 use crate::memmap::{FrameRun, MAX_ORDER};
 
 const LEAF_SHIFT: u32 = 15;
@@ -394,61 +395,31 @@ impl PreservationTracker {
     pub fn runs(&self) -> Vec<FrameRun> {
         let mut runs = Vec::new();
         let mut merger = RunMerger { runs: &mut runs };
-        let mut open: Option<u64> = None;
+        let mut scanner = RunScanner::default();
         let mut previous_leaf: Option<u64> = None;
         for (leaf_number, &leaf_index) in (0u64..).zip(self.directory.iter()) {
             let Some(leaf) = self.leaves.get(leaf_index as usize) else {
                 continue;
             };
-            let leaf_base = leaf_number << LEAF_SHIFT;
-            if previous_leaf.map(|p| p.wrapping_add(1)) != Some(leaf_number)
-                && let Some(start) = open.take()
-            {
+            // A run cannot continue across a leaf that is not allocated.
+            if previous_leaf.map(|p| p.wrapping_add(1)) != Some(leaf_number) {
                 let end = previous_leaf.map_or(0, |p| p.wrapping_add(1) << LEAF_SHIFT);
-                self.split_occupied(start, end, &mut merger);
+                scanner.close(end, |start, end| {
+                    self.split_occupied(start, end, &mut merger)
+                });
             }
             previous_leaf = Some(leaf_number);
+            let leaf_base = leaf_number << LEAF_SHIFT;
             for (word_base, &word) in (leaf_base..).step_by(64).zip(leaf.iter()) {
-                if (word == 0 && open.is_none()) || (word == u64::MAX && open.is_some()) {
-                    continue;
-                }
-                let mut consumed = 0u32;
-                loop {
-                    let above = if consumed >= 64 {
-                        0
-                    } else {
-                        u64::MAX << consumed
-                    };
-                    match open {
-                        Some(start) => {
-                            let zeros = !word & above;
-                            if zeros == 0 {
-                                break;
-                            }
-                            consumed = zeros.trailing_zeros();
-                            open = None;
-                            self.split_occupied(
-                                start,
-                                word_base.wrapping_add(u64::from(consumed)),
-                                &mut merger,
-                            );
-                        }
-                        None => {
-                            let ones = word & above;
-                            if ones == 0 {
-                                break;
-                            }
-                            consumed = ones.trailing_zeros();
-                            open = Some(word_base.wrapping_add(u64::from(consumed)));
-                        }
-                    }
-                }
+                scanner.word(word_base, word, |start, end| {
+                    self.split_occupied(start, end, &mut merger)
+                });
             }
         }
-        if let Some(start) = open {
-            let end = previous_leaf.map_or(0, |p| p.wrapping_add(1) << LEAF_SHIFT);
-            self.split_occupied(start, end, &mut merger);
-        }
+        let end = previous_leaf.map_or(0, |p| p.wrapping_add(1) << LEAF_SHIFT);
+        scanner.close(end, |start, end| {
+            self.split_occupied(start, end, &mut merger)
+        });
         runs
     }
 

@@ -451,20 +451,9 @@ pub fn retrieve_and_verify(
     for spec in &session.files {
         let fd = agent::retrieve_fd(luo, files, session_fd, spec.token)
             .map_err(|e| failed(session, Some(spec.token), Cause::Errno(e)))?;
-        let file = files.object(fd).cloned().ok_or(failed(
-            session,
-            Some(spec.token),
-            Cause::Errno(Errno::EBADF),
-        ))?;
-        file.with(|memfd| spec.verify(memfd, memory, stamps))
-            .ok_or(failed(
-                session,
-                Some(spec.token),
-                Cause::Errno(Errno::EBUSY),
-            ))?
-            .map_err(|m| failed(session, Some(spec.token), Cause::Mismatch(m)))?;
         file_fds.push(fd);
     }
+    verify_held(session, &file_fds, files, memory, stamps)?;
     Ok(SessionFds {
         session_fd,
         file_fds,
