@@ -353,6 +353,7 @@ pub struct LiveUpdate<'h, 'i, O> {
     handlers: [Option<&'h dyn FileHandler<O>>; MAX_HANDLERS],
     /// For each handler node of the incoming handover, the registered handler that reads it.
     node_handlers: [Option<&'h dyn FileHandler<O>>; MAX_HANDLERS],
+    // Only the outgoing side (alloc) enforces limits.
     #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
     limits: Limits,
     device_open: bool,
