@@ -27,6 +27,7 @@
         .set MSR_EFER, 0xc0000080
         .set EFER_LME, 1 << 8
         .set CR0_PE_PG, (1 << 0) | (1 << 31)
+        .set CR0_CD_NW, (1 << 30) | (1 << 29)
         .set PTE_PRESENT_WRITABLE, 0x3
         .set PDE_LARGE_PAGE, 0x83           /* present, writable, 2 MiB page */
         .set BOOT_STACK_BYTES, 0x40000
@@ -64,7 +65,11 @@ qemu_platform_pvh_entry32:
         rdmsr
         or $EFER_LME, %eax
         wrmsr
+        /* Caches on: PVH leaves CR0.CD/NW unspecified and QEMU's option ROM keeps the
+         * reset value (CD = NW = 1). TCG ignores them; hardware and KVM (on AMD, NPT honours
+         * the guest's CD) run every access uncached, about a hundred times slower. */
         mov %cr0, %eax
+        and $~CR0_CD_NW, %eax
         or $CR0_PE_PG, %eax
         mov %eax, %cr0
         lgdt qemu_platform_boot_gdt_ptr
@@ -104,6 +109,9 @@ qemu_platform_kexec_entry64:
         mov %rax, %r15                      /* entry_tsc */
         mov %rdi, %r12                      /* handover image */
         mov %rsi, %r13                      /* BootInfo */
+        mov %cr0, %rax                      /* caches on, whatever the loader left */
+        and $~CR0_CD_NW, %rax
+        mov %rax, %cr0
         lea qemu_platform_boot_pml4(%rip), %rax
         mov %rax, %cr3
         lgdt qemu_platform_boot_gdt_ptr(%rip)
