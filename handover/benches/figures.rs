@@ -64,7 +64,7 @@ fn figure(name: &str, value: f64, unit: &str, target: f64, floor: f64) {
 }
 
 /// The best of `runs` timings of `f` (which gets a fresh input from `setup` each time).
-fn best<I, O>(runs: usize, mut setup: impl FnMut() -> I, mut f: impl FnMut(I) -> O) -> Duration {
+fn best<I, O>(runs: usize, setup: impl FnMut() -> I, mut f: impl FnMut(I) -> O) -> Duration {
     best_self_timed(runs, setup, |input| {
         let start = Instant::now();
         let output = black_box(f(input));
