@@ -62,3 +62,8 @@ fn unfinished() {
 fn corrupt() {
     assert_passes("corrupt");
 }
+
+#[test]
+fn fault() {
+    assert_passes("fault");
+}

@@ -99,6 +99,7 @@ mod kernel {
             // `relaunch` tests the jump alone: no handover, and the next kernel kexecs itself.
             "relaunch" => kexec(&loader, &mut frames, false),
             "bad-elf" => bad_elf(&loader),
+            "fault" => fault(),
             "empty" => hand_over(&loader, &mut frames, &[], Tamper::None),
             "basic" | "overlap" => {
                 hand_over(&loader, &mut frames, &workload::basic(), Tamper::None)
@@ -113,6 +114,25 @@ mod kernel {
             "bad-kernel" => hand_over(&loader, &mut frames, &workload::basic(), Tamper::Kernel),
             other => verdict_fail!("unknown scenario {other:?}"),
         }
+    }
+
+    /// The exception self-test: a load from 64 GiB, outside the identity map, must reach the
+    /// platform's #PF handler, which reports it (with `%cr2`) and ends the run.
+    fn fault() -> ! {
+        const UNMAPPED: u64 = 64 << 30;
+        qemu_platform::machine::exceptions::expect(14);
+        phase!("fault: loading from {UNMAPPED:#x}, which no page table maps");
+        // SAFETY: the load faults before it reads anything (the address is outside the
+        // identity map); the #PF handler never returns here, and it ends the run.
+        unsafe {
+            core::arch::asm!(
+                "mov {value}, qword ptr [{addr}]",
+                addr = in(reg) UNMAPPED,
+                value = out(reg) _,
+                options(nostack, readonly)
+            )
+        };
+        verdict_fail!("fault: the load from {UNMAPPED:#x} did not fault")
     }
 
     /// What a scenario damages after the reboot step sealed everything.

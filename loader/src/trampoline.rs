@@ -299,6 +299,8 @@ impl ReadyKexec {
     /// The point of no return: interrupts off, TSC recorded, jump to the trampoline.
     pub fn execute(self) -> ! {
         qemu_platform::machine::cpu::disable_interrupts();
+        // The copy overwrites this image's IDT and stubs: fault cleanly instead.
+        qemu_platform::machine::exceptions::disarm();
         let trampoline = self.plan.trampoline.start().as_u64();
         let tsc_slot = PhysAddr::new(
             self.plan.boot_info.start().as_u64()

@@ -113,6 +113,13 @@ pub const SCENARIOS: &[Scenario] = &[
         timeout: TIMEOUT,
     },
     Scenario {
+        name: "fault",
+        description: "a deliberate page fault reaches the exception handler, which names it, its rip and cr2",
+        memory_mib: 128,
+        shim: ShimImage::Standard,
+        timeout: TIMEOUT,
+    },
+    Scenario {
         name: "bad-elf",
         description: "malformed next-kernel ELFs are refused, each naming the bad field",
         memory_mib: 128,

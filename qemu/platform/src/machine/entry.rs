@@ -56,6 +56,7 @@ extern "C" fn qemu_platform_rust_entry(
 ) -> ! {
     paint_boot_stack();
     super::serial::init();
+    super::exceptions::install();
     let source = if source == BOOT_SOURCE_PVH {
         BootSource::Pvh {
             start_info: PhysAddr::new(arg0),

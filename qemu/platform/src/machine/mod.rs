@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod early;
 pub mod entry;
+pub mod exceptions;
 pub mod exit;
 pub mod heap;
 mod panic;
