@@ -8,7 +8,7 @@
 //! - [`frame`]: the 4 KiB frame allocator; [`bump`]: the early bump allocator;
 //! - [`protocol`]: the guest ↔ runner protocol; [`tsc`]: timestamp arithmetic.
 //!
-//! Bare-metal only ([`machine`], `target_os = "none"`): the PVH and kexec entry paths, the COM1
+//! Bare-metal only (`machine`, `target_os = "none"`): the PVH and kexec entry paths, the COM1
 //! console (`print!`, `println!`, `phase!`), `verdict_pass!` / `verdict_fail!` and QEMU's debug
 //! exit, raw physical memory, the global heap, early memory bring-up and the panic handler.
 //! Images link it with the platform's linker script (`image.ld`, see `docs/ENTRY.md`).

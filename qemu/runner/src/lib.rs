@@ -3,7 +3,7 @@
 //! judge the run.
 //!
 //! - [`scenario`]: the scenario table (add scenarios there);
-//! - [`judge`]: pass/fail from the serial output and QEMU's exit status;
+//! - [`judge`](mod@judge): pass/fail from the serial output and QEMU's exit status;
 //! - [`setup`]: installing the Rust target and QEMU on a fresh machine.
 //!
 //! `cargo qemu` (the `qemu-runner` binary) and `tests/qemu_scenarios.rs` both drive
