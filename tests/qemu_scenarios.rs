@@ -13,57 +13,39 @@ fn assert_passes(name: &str) {
     );
 }
 
-#[test]
-fn empty() {
-    assert_passes("empty");
+/// One test per scenario, and the list checked against the runner's table.
+macro_rules! scenario_tests {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                assert_passes($name);
+            }
+        )*
+
+        /// A scenario added to the runner's table must get its test here too.
+        #[test]
+        fn every_scenario_has_a_test() {
+            let mut tested = vec![$($name),*];
+            let mut listed: Vec<&str> =
+                qemu_runner::scenario::SCENARIOS.iter().map(|s| s.name).collect();
+            tested.sort_unstable();
+            listed.sort_unstable();
+            assert_eq!(tested, listed);
+        }
+    };
 }
 
-#[test]
-fn overlap() {
-    assert_passes("overlap");
-}
-
-#[test]
-fn relaunch() {
-    assert_passes("relaunch");
-}
-
-#[test]
-fn bad_kernel() {
-    assert_passes("bad-kernel");
-}
-
-#[test]
-fn bad_elf() {
-    assert_passes("bad-elf");
-}
-
-#[test]
-fn basic() {
-    assert_passes("basic");
-}
-
-#[test]
-fn many() {
-    assert_passes("many");
-}
-
-#[test]
-fn chain() {
-    assert_passes("chain");
-}
-
-#[test]
-fn unfinished() {
-    assert_passes("unfinished");
-}
-
-#[test]
-fn corrupt() {
-    assert_passes("corrupt");
-}
-
-#[test]
-fn fault() {
-    assert_passes("fault");
+scenario_tests! {
+    basic => "basic",
+    empty => "empty",
+    many => "many",
+    chain => "chain",
+    overlap => "overlap",
+    unfinished => "unfinished",
+    corrupt => "corrupt",
+    bad_kernel => "bad-kernel",
+    relaunch => "relaunch",
+    fault => "fault",
+    bad_elf => "bad-elf",
 }

@@ -235,6 +235,15 @@ struct OutgoingSession<O> {
     files: Vec<OutgoingFile<O>>,
 }
 
+/// The outgoing sessions in creation order, the order the reboot step freezes them in (and
+/// unfreezes them in reverse); slab slots are reused, so slot order is not creation order.
+#[cfg(feature = "alloc")]
+fn sessions_by_creation<O>(sessions: &Slab<OutgoingSession<O>>) -> Vec<&OutgoingSession<O>> {
+    let mut by_creation: Vec<&OutgoingSession<O>> = sessions.values().collect();
+    by_creation.sort_unstable_by_key(|s| s.created);
+    by_creation
+}
+
 /// Sessions with fewer files than this find a duplicate token by scanning their files; larger
 /// ones keep their tokens in the shared tree.
 #[cfg(feature = "alloc")]
@@ -936,8 +945,7 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
         if outgoing.frozen {
             return Err(Errno::EBUSY);
         }
-        let mut by_creation: Vec<&OutgoingSession<O>> = outgoing.sessions.values().collect();
-        by_creation.sort_unstable_by_key(|s| s.created);
+        let by_creation = sessions_by_creation(&outgoing.sessions);
         let all_files: Vec<(&OutgoingFile<O>, &dyn FileHandler<O>)> = by_creation
             .iter()
             .flat_map(|s| s.files.iter())
@@ -1016,8 +1024,7 @@ impl<'h, 'i, O: Clone> LiveUpdate<'h, 'i, O> {
         if !outgoing.frozen {
             return;
         }
-        let mut by_creation: Vec<&OutgoingSession<O>> = outgoing.sessions.values().collect();
-        by_creation.sort_unstable_by_key(|s| s.created);
+        let by_creation = sessions_by_creation(&outgoing.sessions);
         for session in by_creation.iter().rev() {
             for file in session.files.iter().rev() {
                 if let Some(Some(handler)) = handlers.get(file.handler) {

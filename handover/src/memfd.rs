@@ -693,13 +693,6 @@ mod object {
             Ok(())
         }
 
-        /// The record of a frozen file, as [`Memfd::write_record`] writes it.
-        pub fn record(&self, version: u32) -> Result<Vec<u8>, Errno> {
-            let mut out = Vec::new();
-            self.write_record(version, &mut out)?;
-            Ok(out)
-        }
-
         /// Restores a file from a validated record, claiming its pages. All or nothing.
         pub fn from_record(
             record: &MemfdRecord<'_>,

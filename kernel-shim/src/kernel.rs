@@ -106,11 +106,12 @@ impl<E: fmt::Display> fmt::Display for IntakeError<E> {
 
 /// Takes over the machine from the entry registers (see the module documentation).
 /// `reserve_preserved` runs while only the bump allocator (in scratch) may be used: it must
-/// reserve, through `EarlyMemory::frames`, everything the previous kernel preserved. It is not
-/// called after a cold boot.
+/// reserve, through `EarlyMemory::frames`, everything the previous kernel preserved. It gets
+/// the boot memory map intake already read from the `BootInfo`. It is not called after a cold
+/// boot.
 pub fn intake<E>(
     entry: &BootEntry,
-    reserve_preserved: impl FnOnce(&mut EarlyMemory, &BootInfo) -> Result<(), E>,
+    reserve_preserved: impl FnOnce(&mut EarlyMemory, &BootInfo, &MemoryMap) -> Result<(), E>,
 ) -> Result<Intake, IntakeError<E>> {
     // EarlyMemory avoids the running image and the first MiB by itself.
     let (boot_info, memory_map, scratch, cmdline, avoid, initrd) = match entry.source {
@@ -155,7 +156,7 @@ pub fn intake<E>(
     let mut early =
         unsafe { EarlyMemory::new(&memory_map, &scratch, &avoid) }.map_err(IntakeError::Early)?;
     if let Some(info) = &boot_info {
-        reserve_preserved(&mut early, info).map_err(IntakeError::Preserved)?;
+        reserve_preserved(&mut early, info, &memory_map).map_err(IntakeError::Preserved)?;
     }
     let (mut frames, early_used) = early.finish();
     if !inside_scratch(early_used, &scratch) {
@@ -186,7 +187,6 @@ pub fn intake<E>(
     })
 }
 
-/// The main function of both kernel-shim binaries.
 /// What intake found at the handover address: a validated image, already reserved, or the
 /// reason it was refused.
 // One value on the stack during early intake, before any heap exists: boxing the large
@@ -200,7 +200,7 @@ enum Received {
 
 /// The intake hook: find the handover through the `BootInfo`, validate it, and reserve what it
 /// preserves. Runs while only scratch may be allocated from: it allocates nothing at all.
-fn receive_handover(early: &mut EarlyMemory, info: &BootInfo) -> Received {
+fn receive_handover(early: &mut EarlyMemory, info: &BootInfo, memory_map: &MemoryMap) -> Received {
     let Some(range) = info.handover() else {
         return Received::None;
     };
@@ -208,12 +208,7 @@ fn receive_handover(early: &mut EarlyMemory, info: &BootInfo) -> Received {
         Ok(blob) => blob,
         Err(error) => return Received::Refused(error),
     };
-    let ram = match info.memory_map() {
-        Ok(map) => ram_ranges(&map),
-        Err(_) => {
-            return Received::Refused(refusal(FormatErrorKind::OutsideRam, "boot memory map", 0));
-        }
-    };
+    let ram = ram_ranges(memory_map);
     match restore::receive(blob, &ram, |preserved| {
         early.frames().reserve(preserved);
     }) {
@@ -261,8 +256,8 @@ static MEMFD: MemfdHandler = MemfdHandler::new();
 /// The main function of both kernel-shim binaries.
 pub fn main(entry: &BootEntry) -> ! {
     let mut received = Received::None;
-    let intake = match intake(entry, |early, info| {
-        received = receive_handover(early, info);
+    let intake = match intake(entry, |early, info, memory_map| {
+        received = receive_handover(early, info, memory_map);
         Ok::<(), core::convert::Infallible>(())
     }) {
         Ok(intake) => intake,

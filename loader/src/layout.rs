@@ -1,8 +1,8 @@
 //! The physical memory layout of a cold-booted chain (`docs/ENTRY.md` explains it).
 //!
 //! The images' link addresses (loader at 1 MiB, kernel-shim at 16 MiB, kernel-shim-overlap at
-//! 1 MiB) are set by their `build.rs`; the loader checks at run time that the `overlap`
-//! scenario's image really overlaps it.
+//! 1 MiB) are set by their `build.rs`: the `overlap` scenario's next kernel lies over the
+//! loader by construction.
 
 use qemu_platform::addr::{MIB, PAGE_SIZE, PhysAddr, PhysRange};
 

@@ -97,21 +97,43 @@ mod kernel {
         };
         match scenario {
             // `relaunch` tests the jump alone: no handover, and the next kernel kexecs itself.
-            "relaunch" => kexec(&loader, &mut frames, false),
+            "relaunch" => kexec(&loader, &mut frames),
             "bad-elf" => bad_elf(&loader),
             "fault" => fault(),
-            "empty" => hand_over(&loader, &mut frames, &[], Tamper::None),
-            "basic" | "overlap" => {
-                hand_over(&loader, &mut frames, &workload::basic(), Tamper::None)
-            }
-            "many" => hand_over(&loader, &mut frames, &workload::many(), Tamper::None),
-            "chain" => hand_over(&loader, &mut frames, &workload::chain(), Tamper::None),
+            "empty" => hand_over(&loader, &mut frames, &[], Tamper::None, false),
+            "basic" | "overlap" => hand_over(
+                &loader,
+                &mut frames,
+                &workload::basic(),
+                Tamper::None,
+                false,
+            ),
+            "many" => hand_over(&loader, &mut frames, &workload::many(), Tamper::None, false),
+            "chain" => hand_over(&loader, &mut frames, &workload::chain(), Tamper::None, true),
             "unfinished" => {
                 let (kept, abandoned) = workload::unfinished();
-                hand_over(&loader, &mut frames, &[kept, abandoned], Tamper::None)
+                hand_over(
+                    &loader,
+                    &mut frames,
+                    &[kept, abandoned],
+                    Tamper::None,
+                    false,
+                )
             }
-            "corrupt" => hand_over(&loader, &mut frames, &workload::basic(), Tamper::Image),
-            "bad-kernel" => hand_over(&loader, &mut frames, &workload::basic(), Tamper::Kernel),
+            "corrupt" => hand_over(
+                &loader,
+                &mut frames,
+                &workload::basic(),
+                Tamper::Image,
+                false,
+            ),
+            "bad-kernel" => hand_over(
+                &loader,
+                &mut frames,
+                &workload::basic(),
+                Tamper::Kernel,
+                false,
+            ),
             other => verdict_fail!("unknown scenario {other:?}"),
         }
     }
@@ -148,12 +170,14 @@ mod kernel {
     static MEMFD: MemfdHandler = MemfdHandler::new();
 
     /// Plays the userspace agent (creates `sessions` through `/dev/liveupdate`, fills and
-    /// preserves their files), then kexecs with a handover.
+    /// preserves their files; with `chain_state`, also the chain's state file), then kexecs
+    /// with a handover.
     fn hand_over(
         loader: &Loader,
         frames: &mut FrameAllocator<'static>,
         sessions: &[SessionSpec],
         tamper: Tamper,
+        chain_state: bool,
     ) -> ! {
         let ram = ram_ranges(&loader.memory_map);
         let tracker = match PreservationTracker::new(&ram, &[SCRATCH]) {
@@ -177,7 +201,7 @@ mod kernel {
                 Err(error) => verdict_fail!("loader: {error}"),
             };
         // A chain starts its state file: no hop done yet, no page-count baseline.
-        if sessions == workload::chain().as_slice()
+        if chain_state
             && let Err(error) = workload::preserve_state(
                 workload::CHAIN_STATE,
                 &[0, 0],
@@ -328,32 +352,19 @@ mod kernel {
         }
     }
 
-    fn kexec(loader: &Loader, frames: &mut FrameAllocator<'static>, expect_overlap: bool) -> ! {
+    fn kexec(loader: &Loader, frames: &mut FrameAllocator<'static>) -> ! {
         let image = load(loader, module_bytes(loader));
         describe(&image);
-        let own_image = image_range();
-        let overlap = image.destinations().find(|dest| dest.overlaps(own_image));
-        match (expect_overlap, overlap) {
-            (true, Some(dest)) => {
-                phase!("destination {dest} overlaps the running loader {own_image}")
-            }
-            (true, None) => verdict_fail!(
-                "overlap: the next kernel does not overlap the loader {own_image}: wrong image passed as -initrd?"
-            ),
-            (false, _) => {}
-        }
-        if let Err(error) = image.verify() {
-            verdict_fail!("loader: {error}");
-        }
-        phase!(
-            "verified the sha256 of {} staged segments",
-            image.segments().len()
-        );
         let handoff = handoff(loader);
+        // `prepare` verifies every staged segment against its digest before it plans.
         let ready = match image.prepare(&handoff, frames) {
             Ok(ready) => ready,
             Err(error) => verdict_fail!("loader: cannot hand over: {error}"),
         };
+        phase!(
+            "verified the sha256 of {} staged segments",
+            ready.image().segments().len()
+        );
         let plan = ready.plan();
         phase!(
             "hand-off: trampoline {}, boot info {}, stack {}, page tables {} mapping [0, {}); loader stack {} KiB used; jumping to {}",

@@ -108,11 +108,9 @@ impl EarlyMemory {
                 needed_bytes,
                 window,
             })?;
-        // SAFETY: `bitmap` lies in the bump window, a gap of scratch RAM outside every in-use
-        // range and the image, which the caller guarantees is unused; the bump allocator hands
-        // each byte out once, so the slice is ours alone; it is page aligned and identity
-        // mapped (checked above). It is never freed: it stays reserved as part of the bump
-        // window's used range.
+        // The bitmap is never freed: it stays reserved as part of the bump window's used range.
+        // SAFETY: `bitmap` is bump-allocated (each byte handed out once) from unused scratch
+        // outside every in-use range; it is page aligned and identity mapped (checked above).
         let storage = unsafe { super::phys::words_mut(bitmap.start(), word_count) };
         let mut frames = FrameAllocator::new(&map, storage).map_err(EarlyError::Frame)?;
 
